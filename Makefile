@@ -1,0 +1,32 @@
+# Every target bootstraps what it needs: Debian packages (apt-get as root), a .venv, and an
+# editable install with the dev extras. Re-running is cheap: stamps skip finished steps.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.framebus-installed
+DEBS := scripts/debian-packages.txt
+PYTEST_ARGS ?=
+
+.PHONY: setup test soak lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(DEBS) scripts/ensure-debian-packages
+	scripts/ensure-debian-packages $(DEBS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+soak: setup
+	$(PY) -m pytest -q -m soak -o addopts='' $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check framebus tests
+	$(VENV)/bin/mypy framebus
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
