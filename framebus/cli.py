@@ -1,0 +1,74 @@
+"""Command-line interface: ``framebus <command>``.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration, 130 interrupted.
+Errors print one line to stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from framebus import __version__
+from framebus.errors import ConfigError, FramebusError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="framebus", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"framebus {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    watch = sub.add_parser("watch", help="show fps, size, latency and misses of a FIFO")
+    watch.add_argument("fifo", type=Path)
+    watch.add_argument("--duration", type=float, help="stop after this many seconds")
+    watch.add_argument("--count", type=_positive_int, help="stop after this many frames")
+
+    dump = sub.add_parser("dump", help="save frames from a FIFO as PNG or JPEG files")
+    dump.add_argument("fifo", type=Path)
+    dump.add_argument("--out", type=Path, required=True, help="directory for the images")
+    dump.add_argument("--count", type=_positive_int, default=1)
+    dump.add_argument("--image", choices=("png", "jpeg"), default="png")
+    dump.add_argument("--timeout", type=float, default=None, help="seconds to wait per frame")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``framebus`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        print(f"framebus: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FramebusError, OSError, TimeoutError) as exc:
+        print(f"framebus: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "watch":
+        from framebus.watch import watch
+
+        return watch(args.fifo, args.duration, args.count, sys.stdout)
+    if args.command == "dump":
+        from framebus.watch import dump
+
+        return dump(args.fifo, args.out, args.count, args.image, args.timeout)
+    raise AssertionError(f"unhandled command {args.command}")

@@ -1,0 +1,252 @@
+"""Consumer library: read framebus frames from a subscriber FIFO as numpy views.
+
+FIFO semantics this module relies on (Linux):
+
+* ``open(O_RDONLY | O_NONBLOCK)`` succeeds at once, writer or not, so opening never hangs;
+* ``poll`` on such a descriptor stays silent until a writer attaches and writes (POLLIN) or
+  attaches and leaves (POLLHUP), so waiting for a daemon that is not there yet costs no CPU;
+* after the writer leaves, ``read`` returns 0 (EOF) and POLLHUP stays raised on that open file,
+  so to wait for the next writer (daemon restart) the reader closes and reopens the FIFO.
+
+Payloads are read with ``os.readv`` straight into a buffer the reader reuses, and ``Frame.array``
+is a numpy view of that buffer: no copy is made, and the view is valid only until the next frame
+is read. Call ``frame.array.copy()`` to keep one.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from framebus.errors import FifoError, ProtocolError
+from framebus.wire import (
+    DEFAULT_MAX_PAYLOAD_LEN,
+    FrameHeader,
+    FrameReader,
+    PixelFormat,
+    Plane,
+    PlaneShape,
+    packed_layout,
+    plane_shapes,
+)
+
+_APPEAR_POLL_S = 0.05  # how often to look for a FIFO that does not exist yet
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One received frame: its header, its payload, and numpy views of the pixels."""
+
+    header: FrameHeader
+    payload: memoryview
+    received_mono_ns: int
+
+    @property
+    def camera(self) -> str:
+        """Name of the camera the frame came from."""
+        return self.header.camera
+
+    @property
+    def seq(self) -> int:
+        """Per-camera sequence number."""
+        return self.header.seq
+
+    @property
+    def missed(self) -> int:
+        """Frames of this camera this subscriber missed since its previous frame."""
+        return self.header.missed
+
+    @property
+    def latency_ns(self) -> int:
+        """Publish (daemon, CLOCK_MONOTONIC) to fully read (here), same host only."""
+        return self.received_mono_ns - self.header.publish_mono_ns
+
+    @property
+    def planes(self) -> tuple[np.ndarray, ...]:
+        """One zero-copy view per plane: (h, w, 3) packed RGB, (h, w) luma/gray, (h/2, w/2, 2)
+        interleaved NV12 chroma, (h/2, w/2) I420 chroma; a 1-D byte array for jpeg."""
+        h = self.header
+        if not h.format.is_raw:
+            return (np.frombuffer(self.payload, dtype=np.uint8),)
+        shapes = plane_shapes(h.format, h.width, h.height)
+        return tuple(_plane_view(self.payload, p, s) for p, s in zip(h.planes, shapes, strict=True))
+
+    @property
+    def array(self) -> np.ndarray:
+        """The frame as one zero-copy array: (h, w, 3) for bgr24/rgb24, (h, w) for gray, the
+        encoded bytes for jpeg, and the OpenCV-style (h*3/2, w) layout for yuv420p/nv12 when the
+        size is even and the planes are packed (otherwise use ``planes``)."""
+        h = self.header
+        if h.format in (PixelFormat.YUV420P, PixelFormat.NV12):
+            packed, size = packed_layout(h.format, h.width, h.height)
+            if h.width % 2 or h.height % 2 or h.planes != packed:
+                raise ValueError(f"{h.format} {h.width}x{h.height} has no single-array view; "
+                                 "use .planes")
+            return np.ndarray((h.height * 3 // 2, h.width), np.uint8, self.payload[:size])
+        return self.planes[0]
+
+
+def _plane_view(payload: memoryview, plane: Plane, shape: PlaneShape) -> np.ndarray:
+    width = shape.row_bytes // shape.channels
+    if shape.channels == 1:
+        dims: tuple[int, ...] = (shape.rows, width)
+        strides: tuple[int, ...] = (plane.stride, 1)
+    else:
+        dims, strides = (shape.rows, width, shape.channels), (plane.stride, shape.channels, 1)
+    return np.ndarray(dims, np.uint8, payload, plane.offset, strides)
+
+
+@dataclass
+class SubscriberStats:
+    """Counters a consumer can show: frames and bytes read, FIFO opens, truncated messages."""
+
+    frames: int = 0
+    bytes: int = 0
+    missed: int = 0
+    opens: int = 0
+    truncated: int = 0
+    last_seq: dict[str, int] = field(default_factory=dict)
+
+
+class Subscriber:
+    """Read frames from a framebus subscriber FIFO.
+
+    ``timeout`` bounds the wait for each frame (``TimeoutError`` when it passes; None waits
+    forever, without spinning). With ``reopen=True`` the subscriber survives daemon restarts:
+    at EOF it reopens the FIFO and waits for the next writer; a message cut short by a dying
+    writer is dropped (counted in ``stats.truncated``), never delivered. With ``reopen=False``
+    iteration ends at a clean EOF and a cut message raises ``ProtocolError``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        reopen: bool = False,
+        max_payload_len: int = DEFAULT_MAX_PAYLOAD_LEN,
+    ) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self.reopen = reopen
+        self.stats = SubscriberStats()
+        self._max_payload_len = max_payload_len
+        self._reader = self._new_reader()
+        self._fd = -1
+        self._poller = select.poll()
+        self._eof = False
+        self._writer_seen = False  # read() returns 0 on a FIFO no writer has opened yet
+
+    def _new_reader(self) -> FrameReader:
+        return FrameReader(max_payload_len=self._max_payload_len, reuse_buffer=True)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def fileno(self) -> int:
+        """The FIFO's descriptor (-1 before the first read)."""
+        return self._fd
+
+    def close(self) -> None:
+        """Close the FIFO; the daemon sees the reader leave."""
+        if self._fd >= 0:
+            self._poller.unregister(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def read(self, timeout: float | None = -1.0) -> Frame | None:
+        """The next whole frame; None at a clean EOF (``reopen=False``).
+
+        ``timeout`` defaults to the subscriber's; raises TimeoutError when it passes.
+        """
+        wait = self.timeout if timeout is not None and timeout < 0 else timeout
+        deadline = None if wait is None else time.monotonic() + wait
+        if self._eof:
+            return None
+        if self._fd < 0:
+            self._open(deadline)
+        while True:
+            if not self._writer_seen:
+                self._wait_readable(deadline)  # silent until a writer attaches
+                self._writer_seen = True
+            target = self._reader.writable()
+            try:
+                count = os.readv(self._fd, [target])
+            except BlockingIOError:
+                self._wait_readable(deadline)
+                continue
+            if count == 0:
+                if not self._writer_left(deadline):
+                    return None
+                continue
+            self._reader.commit(count)
+            self.stats.bytes += count
+            message = self._reader.next_message()
+            if message is not None:
+                return self._deliver(message.header, message.payload)
+
+    def _deliver(self, header: FrameHeader, payload: memoryview) -> Frame:
+        self.stats.frames += 1
+        self.stats.missed += header.missed
+        self.stats.last_seq[header.camera] = header.seq
+        return Frame(header, payload, time.monotonic_ns())
+
+    def _writer_left(self, deadline: float | None) -> bool:
+        """Handle EOF; return True to keep reading (reopened), False for a clean end."""
+        try:
+            self._reader.close()
+        except ProtocolError:
+            if not self.reopen:
+                self._eof = True
+                raise
+            self.stats.truncated += 1
+        if not self.reopen:
+            self._eof = True
+            return False
+        self._reader = self._new_reader()
+        self.close()
+        self._open(deadline)
+        return True
+
+    def _open(self, deadline: float | None) -> None:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                break
+            except FileNotFoundError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"FIFO {self.path} did not appear in time") from None
+                time.sleep(_APPEAR_POLL_S)
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FifoError(f"{self.path} is not a FIFO")
+        self._fd = fd
+        self._writer_seen = False
+        self._poller.register(fd, select.POLLIN)
+        self.stats.opens += 1
+
+    def _wait_readable(self, deadline: float | None) -> None:
+        if deadline is None:
+            self._poller.poll()
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self._poller.poll(max(1, int(remaining * 1000) + 1)):
+            raise TimeoutError(f"no frame on {self.path} in time")
