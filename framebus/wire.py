@@ -6,7 +6,8 @@ bytes and bytes into messages, so it can be tested whole, byte by byte and with 
 A message is::
 
     prefix  (16 bytes)   magic "FBUS", u16 version, u16 header_len, u64 payload_len
-    header  (header_len) fixed little-endian fields; later versions only append fields
+    header  (header_len) fixed little-endian fields; later minor revisions only append
+                         fields (the version stays 1 and header_len grows)
     payload (payload_len)
 
 Invariants of :class:`FrameReader`:
@@ -166,10 +167,17 @@ def encode_header(header: FrameHeader, payload_len: int, missed: int | None = No
     from a shared frame header without building a new dataclass.
     """
     name = header.camera.encode()
-    if not 0 < len(name) <= CAMERA_NAME_MAX:
-        raise ValueError(f"camera name must be 1..{CAMERA_NAME_MAX} UTF-8 bytes: {header.camera!r}")
+    if not 0 < len(name) <= CAMERA_NAME_MAX or b"\0" in name:
+        raise ValueError(f"camera name must be 1..{CAMERA_NAME_MAX} UTF-8 bytes without NUL: "
+                         f"{header.camera!r}")
     if len(header.planes) > MAX_PLANES:
         raise ValueError(f"at most {MAX_PLANES} planes, got {len(header.planes)}")
+    if not (0 < header.width <= MAX_DIMENSION and 0 < header.height <= MAX_DIMENSION):
+        raise ValueError(f"frame size {header.width}x{header.height} outside 1..{MAX_DIMENSION}")
+    try:  # never send what every reader would reject: it would end the stream for all of them
+        _check_layout(header.format, header.width, header.height, header.planes, payload_len)
+    except ProtocolError as exc:
+        raise ValueError(str(exc)) from None
     plane_words = [v for plane in header.planes for v in plane]
     plane_words += [0] * (2 * MAX_PLANES - len(plane_words))
     body = HEADER_V1.pack(
