@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"framebus {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("config", type=Path)
+
     watch = sub.add_parser("watch", help="show fps, size, latency and misses of a FIFO")
     watch.add_argument("fifo", type=Path)
     watch.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -63,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check-config":
+        from framebus.config import load_config, resolve_passwords
+
+        config = load_config(args.config)
+        resolve_passwords(config)
+        print(f"{args.config}: ok ({len(config.cameras)} cameras)")
+        return EXIT_OK
     if args.command == "watch":
         from framebus.watch import watch
 

@@ -8,3 +8,7 @@ from pathlib import Path
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
+
+from rtspserver import rtsp_server_factory  # noqa: E402  (a fixture, re-exported)
+
+__all__ = ["rtsp_server_factory"]

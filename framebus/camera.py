@@ -1,0 +1,380 @@
+"""One decoder thread per camera: open, demux, decode, publish, reconnect, and a stall watchdog.
+
+Invariants:
+
+* A camera's trouble stays in its own thread: nothing here holds a lock another camera needs.
+* Only the current *generation* of a camera's thread may publish. The watchdog does not trust
+  PyAV's own timeouts (an open or read can hang): a thread past its deadline is abandoned, a new
+  generation starts, and the old thread exits on its own when its call returns, publishing
+  nothing. ``abandoned_alive`` counts such threads, so a leak would be visible.
+* Credentials are inserted into the URL only for ``av.open``; logs, states and errors use the
+  redacted URL and the error's class and errno text, never FFmpeg's message with the URL in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from fractions import Fraction
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import av
+import av.error
+from pydantic import SecretStr
+
+from framebus.backoff import Backoff, BackoffPolicy
+from framebus.config import CameraConfig
+from framebus.store import LatestFrameStore, StoredFrame
+from framebus.wire import CaptureSource
+
+log = logging.getLogger("framebus.camera")
+
+
+class CameraState(StrEnum):
+    """Where a camera is in its life cycle."""
+
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    STALLED = "stalled"
+    BACKOFF = "backoff"
+    AUTH_FAILED = "auth_failed"
+    UNSUPPORTED = "unsupported"
+    STOPPED = "stopped"
+
+
+class _Abandoned(Exception):
+    """Raised inside an abandoned thread to unwind it quietly."""
+
+
+class _Unsupported(Exception):
+    """The source opened but has nothing we can decode."""
+
+
+@dataclass
+class CameraStats:
+    """Plain counters the decoder thread increments; metrics read them at scrape time."""
+
+    frames_decoded: int = 0
+    keyframes_decoded: int = 0
+    packets: int = 0
+    decode_errors: int = 0
+    reconnects: Counter[str] = field(default_factory=Counter)
+    epoch: int = 0
+    width: int = 0
+    height: int = 0
+    codec: str = ""
+    last_frame_mono: float = 0.0
+    state_since_mono: float = 0.0
+
+
+def redact_url(url: str) -> str:
+    """The URL without any user information."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def url_with_credentials(url: str, username: str | None, password: SecretStr | None) -> str:
+    """The URL to hand to FFmpeg (never to a log)."""
+    if username is None:
+        return url
+    parts = urlsplit(url)
+    userinfo = quote(username, safe="")
+    if password is not None:
+        userinfo += ":" + quote(password.get_secret_value(), safe="")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A reason safe to log: FFmpeg's errno text without the filename (which has the URL)."""
+    if isinstance(exc, av.error.FFmpegError):
+        return f"{type(exc).__name__}: {exc.strerror}"
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return type(exc).__name__
+
+
+class Camera:
+    """A camera's decoder thread, its state machine and its watchdog hooks."""
+
+    def __init__(
+        self,
+        name: str,
+        config: CameraConfig,
+        password: SecretStr | None,
+        store: LatestFrameStore,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.store = store
+        self.stats = CameraStats()
+        self.state = CameraState.STOPPED
+        self.reason = ""
+        self._abandoned: set[int] = set()  # generations still running after being abandoned
+        self._open_url = url_with_credentials(config.url, config.username, password)
+        self._password = password
+        b = config.backoff
+        self._backoff = Backoff(
+            BackoffPolicy(b.initial, b.max, 2.0, b.jitter, b.reset_after, b.auth_failure),
+            rng or random.Random(),
+        )
+        self._generation = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._deadline = float("inf")  # watchdog: the current phase must make progress by then
+        self._lock = threading.Lock()
+        self._last_logged: tuple[CameraState, str] | None = None
+
+    # -- life cycle (supervisor thread) ---------------------------------------------------
+
+    def start(self) -> None:
+        """Start (or restart) the decoder thread as a new generation."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            self._stop.clear()
+            self._deadline = float("inf")
+            self._thread = threading.Thread(
+                target=self._run, args=(generation,), name=f"camera-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the thread to end; a thread stuck in PyAV is abandoned after ``timeout``."""
+        self._stop.set()
+        with self._lock:
+            self._generation += 1  # whatever is running may no longer publish
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self._set_state(CameraState.STOPPED, "stopped")
+
+    def watchdog(self, now: float) -> bool:
+        """Supervisor tick: restart a thread that missed its deadline; True if it did."""
+        if self._stop.is_set() or now <= self._deadline:
+            return False
+        if self.state is CameraState.STREAMING:
+            self._set_state(CameraState.STALLED, f"no frame for {self.config.stall_timeout:g}s")
+            self.stats.reconnects["stalled"] += 1
+        else:
+            self.stats.reconnects["hung"] += 1
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._abandoned.add(self._generation)
+        self.start()  # the old generation notices it was abandoned when PyAV returns
+        return True
+
+    @property
+    def abandoned_alive(self) -> int:
+        """Abandoned decoder threads that have not returned from PyAV yet."""
+        return len(self._abandoned)
+
+    # -- the decoder thread ---------------------------------------------------------------
+
+    def _current(self, generation: int) -> bool:
+        return generation == self._generation and not self._stop.is_set()
+
+    def _run(self, generation: int) -> None:
+        try:
+            while self._current(generation):
+                delay = self._session(generation)
+                if delay > 0 and self._current(generation):
+                    self._deadline = float("inf")
+                    self._stop.wait(delay)
+        except _Abandoned:
+            pass
+        finally:
+            self._abandoned.discard(generation)
+
+    def _session(self, generation: int) -> float:
+        """One connect-and-stream attempt; returns the delay before the next one."""
+        cfg = self.config
+        if not (self._is_file() and self.state is CameraState.STREAMING):
+            self._set_state(CameraState.CONNECTING, "connecting")  # a file loop stays streaming
+        self._deadline = time.monotonic() + cfg.open_timeout + 1.0
+        container = None
+        try:
+            # PyAV's read timeout sits past the stall deadline on purpose: when it interrupts a
+            # read, the RTSP demuxer hands out a stale buffered frame, which would hide the
+            # stall from the watchdog. The watchdog detects; this only unblocks the thread.
+            container = av.open(self._open_url, options=self._options(),
+                                timeout=(cfg.open_timeout, cfg.stall_timeout + cfg.read_timeout))
+            if not self._current(generation):
+                raise _Abandoned
+            self._stream(generation, container)
+            if self._is_file():
+                return 0.0  # a file source loops: start it again at once
+            self.stats.reconnects["eof"] += 1
+            return self._fail(generation, CameraState.BACKOFF, "stream ended")
+        except _Abandoned:
+            raise
+        except av.error.HTTPUnauthorizedError as exc:
+            self.stats.reconnects["auth_failed"] += 1
+            return self._fail(generation, CameraState.AUTH_FAILED, describe_error(exc), auth=True)
+        except _Unsupported as exc:
+            self.stats.reconnects["unsupported"] += 1
+            return self._fail(generation, CameraState.UNSUPPORTED, str(exc), auth=True)
+        except Exception as exc:  # every other FFmpeg/OS failure: back off and retry
+            self.stats.reconnects["error"] += 1
+            return self._fail(generation, CameraState.BACKOFF, describe_error(exc))
+        finally:
+            if container is not None:
+                container.close()
+
+    def _options(self) -> dict[str, str]:
+        if urlsplit(self.config.url).scheme not in ("rtsp", "rtsps"):
+            return {}
+        # FFmpeg's own socket timeout is a last resort behind PyAV's interrupt callback.
+        cfg = self.config
+        last_resort = cfg.open_timeout + cfg.stall_timeout + cfg.read_timeout
+        options = {"timeout": str(int(last_resort * 1_000_000)),
+                   # RTSP's SDP already names the codec: probing 0.1 s instead of FFmpeg's ~1 s
+                   # makes every (re)connect about a second faster.
+                   "analyzeduration": "100000", "probesize": "32768"}
+        if self.config.transport != "auto":
+            options["rtsp_transport"] = self.config.transport
+        return options
+
+    def _is_file(self) -> bool:
+        return urlsplit(self.config.url).scheme in ("", "file")
+
+    def _stream(self, generation: int, container: av.container.InputContainer) -> None:
+        if not container.streams.video:
+            raise _Unsupported("no video stream")
+        stream = container.streams.video[0]
+        codec = stream.codec_context
+        if codec is None or stream.codec_context.name is None:
+            raise _Unsupported("no decoder for the video stream")
+        codec.thread_count = self.config.decoder_threads
+        if self.config.decoder_threads != 1:
+            codec.thread_type = "AUTO"
+        self.stats.codec = codec.name
+        self.stats.epoch += 1
+        epoch = self.stats.epoch
+        time_base = stream.time_base or Fraction(1, 90000)
+        realtime_us = container.start_time_realtime
+        start_pts = stream.start_time or 0
+        size: tuple[int, int, str] | None = None
+        skipping: bool | None = None
+        self._deadline = time.monotonic() + self.config.stall_timeout
+        for packet in container.demux(stream):
+            if not self._current(generation):
+                raise _Abandoned
+            idle = self.config.idle_decode == "keyframes" and not self.store.is_wanted(self.name)
+            if idle != skipping:
+                codec.skip_frame = "NONKEY" if idle else "DEFAULT"
+                skipping = idle
+            self.stats.packets += 1
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                self.stats.decode_errors += 1
+                continue
+            for frame in frames:
+                shape = (frame.width, frame.height, frame.format.name)
+                if size is not None and shape != size:
+                    self.stats.epoch += 1  # size or format changed mid-stream
+                    epoch = self.stats.epoch
+                size = shape
+                self._publish(generation, frame, epoch, time_base, realtime_us, start_pts)
+
+    def _publish(self, generation: int, frame: av.VideoFrame, epoch: int,
+                 time_base: Fraction, realtime_us: int | None, start_pts: int) -> None:
+        now = time.monotonic()
+        if not self._current(generation):
+            raise _Abandoned
+        stats = self.stats
+        stats.frames_decoded += 1
+        stats.keyframes_decoded += bool(frame.key_frame)
+        stats.width, stats.height = frame.width, frame.height
+        stats.last_frame_mono = now
+        self._deadline = now + self.config.stall_timeout
+        if self.state is not CameraState.STREAMING:
+            self._backoff.connected(now)
+            self._set_state(CameraState.STREAMING,
+                            f"{frame.width}x{frame.height} {stats.codec}")
+        else:
+            self._backoff.healthy(now)
+        pts = frame.pts
+        if realtime_us and pts is not None:
+            offset_ns = int((pts - start_pts) * time_base * 1_000_000_000)
+            capture_ns, source = realtime_us * 1000 + offset_ns, CaptureSource.RTCP
+        else:
+            capture_ns, source = time.time_ns(), CaptureSource.RECEIVE
+        self.store.publish(StoredFrame(
+            camera=self.name, seq=self.store.next_seq(self.name), epoch=epoch, frame=frame,
+            pts=pts, time_base=(time_base.numerator, time_base.denominator),
+            capture_time_ns=capture_ns, capture_source=source, keyframe=bool(frame.key_frame),
+        ))
+
+    def _fail(self, generation: int, state: CameraState, reason: str, auth: bool = False) -> float:
+        if not self._current(generation):
+            raise _Abandoned  # an abandoned thread must not touch the state
+        delay = self._backoff.next_delay(time.monotonic(), auth_failed=auth)
+        self._set_state(state, reason)
+        return delay
+
+    def _set_state(self, state: CameraState, reason: str) -> None:
+        """Record a transition; log it once (a retry that fails the same way logs nothing)."""
+        if state is not self.state:
+            self.stats.state_since_mono = time.monotonic()
+        self.state, self.reason = state, reason
+        retrying = state is CameraState.CONNECTING and self._backoff.failures > 0
+        if retrying or (state, reason) == self._last_logged:
+            return
+        self._last_logged = (state, reason)
+        level = logging.INFO if state in (CameraState.STREAMING, CameraState.STOPPED,
+                                           CameraState.CONNECTING) else logging.WARNING
+        log.log(level, "camera %s: %s (%s) [%s]", self.name, state.value, reason,
+                redact_url(self.config.url), extra={"camera": self.name})
+
+
+class CameraSet:
+    """All cameras plus the watchdog thread that ticks their deadlines."""
+
+    TICK_S = 0.25
+
+    def __init__(self, store: LatestFrameStore) -> None:
+        self.store = store
+        self.cameras: dict[str, Camera] = {}
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    def add(self, camera: Camera) -> None:
+        """Start a camera and watch it."""
+        self.cameras[camera.name] = camera
+        camera.start()
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._tick, name="camera-watchdog",
+                                              daemon=True)
+            self._watchdog.start()
+
+    def remove(self, name: str) -> None:
+        """Stop and forget a camera."""
+        camera = self.cameras.pop(name, None)
+        if camera is not None:
+            camera.stop()
+            self.store.forget(name)
+
+    def close(self) -> None:
+        """Stop every camera and the watchdog."""
+        self._stop.set()
+        for name in list(self.cameras):
+            self.remove(name)
+        if self._watchdog is not None:
+            self._watchdog.join(2.0)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.TICK_S):
+            now = time.monotonic()
+            for camera in list(self.cameras.values()):
+                camera.watchdog(now)

@@ -1,0 +1,209 @@
+"""YAML configuration loaded into frozen, typed objects (pydantic), with one-line errors.
+
+Every error names the key path and what was expected, e.g.
+``cameras.front.read_timeout: expected a duration like '5s', got 'soon'``. Passwords are
+resolved at load time (inline, file, environment variable or systemd credential) into
+``SecretStr`` values that print as ``**********``; no error message ever echoes one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from framebus.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_duration(value: object) -> float:
+    """``'500ms'``, ``'5s'``, ``'2m'``, ``'1h'`` or a plain number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like '5s', got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match[1]) * _UNITS[match[2]]
+    else:
+        raise ValueError(f"expected a duration like '5s', got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class BackoffConfig(_Strict):
+    """Reconnect delays: exponential from ``initial`` up to ``max``, randomised by ``jitter``."""
+
+    initial: Duration = 0.5
+    max: Duration = 30.0
+    jitter: float = Field(0.2, ge=0.0, le=1.0)
+    reset_after: Duration = 30.0
+    auth_failure: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _initial_below_max(self) -> BackoffConfig:
+        if self.initial > self.max:
+            raise ValueError("initial must not exceed max")
+        return self
+
+
+class CameraConfig(_Strict):
+    """One camera. Credentials never live in ``url``."""
+
+    url: str
+    transport: Literal["tcp", "udp", "auto"] = "tcp"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    password_credential: str | None = None  # a file name in $CREDENTIALS_DIRECTORY
+    open_timeout: Duration = 5.0
+    read_timeout: Duration = 5.0
+    stall_timeout: Duration = 5.0
+    backoff: BackoffConfig = BackoffConfig()
+    decoder_threads: int = Field(1, ge=0, le=16)  # 0: let FFmpeg choose
+    idle_decode: Literal["keyframes", "all"] = "keyframes"
+    hwaccel: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_without_credentials(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme in ("rtsp", "rtsps"):
+            if not parts.hostname:
+                raise ValueError("expected rtsp://host[:port]/path")
+            if parts.username is not None or parts.password is not None:
+                raise ValueError("credentials in the URL are not allowed: use username and "
+                                 "password, password_file, password_env or password_credential")
+        elif parts.scheme not in ("", "file", "lavfi"):
+            raise ValueError(f"expected an rtsp://, rtsps://, file path or lavfi: URL, "
+                             f"got scheme {parts.scheme!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> CameraConfig:
+        sources = [name for name in ("password", "password_file", "password_env",
+                                     "password_credential") if getattr(self, name) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"give one password source, not {' and '.join(sources)}")
+        if sources and self.username is None:
+            raise ValueError(f"{sources[0]} needs a username")
+        return self
+
+
+class Config(_Strict):
+    """The whole daemon configuration."""
+
+    fifo_dir: Path = Path("/run/framebus")
+    cameras: dict[str, CameraConfig] = Field(default_factory=dict)
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_names(cls, cameras: dict[str, CameraConfig]) -> dict[str, CameraConfig]:
+        for name in cameras:
+            if not CAMERA_NAME.match(name):
+                raise ValueError(f"camera name {name!r} must be 1-64 of A-Z a-z 0-9 _ . - "
+                                 "and start with a letter or digit")
+        return cameras
+
+
+def resolve_password(camera: CameraConfig, name: str) -> SecretStr | None:
+    """The camera's password from whichever source it names; ConfigError names the key."""
+    where = f"cameras.{name}"
+    if camera.password is not None:
+        return camera.password
+    try:
+        if camera.password_file is not None:
+            return SecretStr(camera.password_file.read_text().strip())
+        if camera.password_credential is not None:
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError(f"{where}.password_credential: $CREDENTIALS_DIRECTORY is not "
+                                  "set (use LoadCredential= in the unit)")
+            return SecretStr((Path(directory) / camera.password_credential).read_text().strip())
+    except OSError as exc:
+        key = "password_file" if camera.password_file is not None else "password_credential"
+        raise ConfigError(f"{where}.{key}: cannot read: {exc.strerror}") from None
+    if camera.password_env is not None:
+        value = os.environ.get(camera.password_env)
+        if value is None:
+            raise ConfigError(f"{where}.password_env: environment variable "
+                              f"{camera.password_env} is not set")
+        return SecretStr(value)
+    return None
+
+
+def _describe(error: ErrorDetails) -> str:
+    path = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    secret = any(str(part).startswith(("password", "url")) for part in error["loc"])
+    if kind != "value_error" and not secret and isinstance(value, str | int | float | bool):
+        message += f", got {value!r}"
+    return f"{path}: {message}" if path else message
+
+
+def parse_config(data: object, source: str = "config") -> Config:
+    """Validate already-parsed YAML data; raise ConfigError naming the first bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {_describe(errors[0])}{extra}") from None
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML file; every failure is a one-line ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_config(data, str(path))
+
+
+def resolve_passwords(config: Config) -> dict[str, SecretStr | None]:
+    """Every camera's password, read once at load (and reload) time."""
+    return {name: resolve_password(camera, name) for name, camera in config.cameras.items()}

@@ -1,0 +1,200 @@
+"""The latest-frame store: the newest decoded frame per camera, converted once per rendition.
+
+Invariants:
+
+* A camera's slot holds exactly one frame, the newest; publishing replaces it atomically (one
+  attribute store), so readers never see a half-built frame and never wait on a lock.
+* Every rendition (format, size) some subscriber *wants* is converted in the decoder thread
+  before the frame is published, at most once per frame, and shared by all who want it. The
+  fan-out loop therefore only reads finished payloads. Renditions nobody registered (a snapshot
+  request) are converted on demand, still at most once per frame.
+* Payloads are zero-copy views of PyAV's plane buffers: offsets and strides describe PyAV's
+  own line padding, so no packing copy is made.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import av
+
+from framebus.imaging import encode_image
+from framebus.wire import CaptureSource, Flags, FrameHeader, PixelFormat, Plane
+
+AV_FORMAT = {
+    PixelFormat.BGR24: "bgr24",
+    PixelFormat.RGB24: "rgb24",
+    PixelFormat.GRAY: "gray",
+    PixelFormat.YUV420P: "yuv420p",
+    PixelFormat.NV12: "nv12",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rendition:
+    """A (format, size) a consumer wants. A missing side keeps the aspect ratio; none: native."""
+
+    format: PixelFormat
+    width: int | None = None
+    height: int | None = None
+    quality: int = 85  # jpeg only
+
+    def size_for(self, native_width: int, native_height: int) -> tuple[int, int]:
+        """The output size for a frame of the given native size."""
+        if self.width and self.height:
+            return self.width, self.height
+        if self.width:
+            return self.width, max(1, round(native_height * self.width / native_width))
+        if self.height:
+            return max(1, round(native_width * self.height / native_height)), self.height
+        return native_width, native_height
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """One rendition of one frame: the bytes to send, as buffers to pass to writev."""
+
+    format: PixelFormat
+    width: int
+    height: int
+    buffers: tuple[memoryview, ...]
+    planes: tuple[Plane, ...]
+    nbytes: int
+
+
+@dataclass(slots=True)
+class StoredFrame:
+    """A decoded frame with its metadata and the renditions made of it so far."""
+
+    camera: str
+    seq: int
+    epoch: int
+    frame: av.VideoFrame
+    pts: int | None
+    time_base: tuple[int, int]
+    capture_time_ns: int
+    capture_source: CaptureSource
+    keyframe: bool
+    publish_mono_ns: int = 0
+    renditions: dict[Rendition, Payload] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        """Native width of the decoded frame."""
+        return int(self.frame.width)
+
+    @property
+    def height(self) -> int:
+        """Native height of the decoded frame."""
+        return int(self.frame.height)
+
+    def header(self, payload: Payload) -> FrameHeader:
+        """The wire header for sending ``payload`` (``missed`` is set per subscriber)."""
+        return FrameHeader(
+            camera=self.camera, seq=self.seq, format=payload.format, width=payload.width,
+            height=payload.height, planes=payload.planes, epoch=self.epoch, pts=self.pts,
+            time_base=self.time_base, capture_time_ns=self.capture_time_ns,
+            capture_source=self.capture_source, publish_mono_ns=self.publish_mono_ns,
+            flags=Flags.KEYFRAME if self.keyframe else Flags.NONE,
+        )
+
+
+def render(frame: av.VideoFrame, rendition: Rendition) -> tuple[Payload, bool]:
+    """Make one rendition of a frame; the flag says whether a conversion was needed."""
+    width, height = rendition.size_for(frame.width, frame.height)
+    if rendition.format is PixelFormat.JPEG:
+        scaled = frame if (width, height) == (frame.width, frame.height) else frame.reformat(
+            width=width, height=height)
+        data = memoryview(encode_image(scaled, "jpeg", rendition.quality))
+        return Payload(PixelFormat.JPEG, width, height, (data,), (Plane(0, 0),), len(data)), True
+    name = AV_FORMAT[rendition.format]
+    converted = (width, height) != (frame.width, frame.height) or frame.format.name != name
+    out = frame.reformat(width=width, height=height, format=name) if converted else frame
+    buffers, planes, offset = [], [], 0
+    for plane in out.planes:
+        buffers.append(memoryview(plane).cast("B"))
+        planes.append(Plane(offset, plane.line_size))
+        offset += plane.buffer_size
+    payload = Payload(rendition.format, width, height, tuple(buffers), tuple(planes), offset)
+    return payload, converted
+
+
+class LatestFrameStore:
+    """Newest frame per camera, the renditions subscribers want, and publish notifications."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, StoredFrame] = {}
+        self._seq: dict[str, int] = {}
+        self._wanted: dict[str, Counter[Rendition]] = {}
+        self._wanted_lock = threading.Lock()
+        self._render_lock = threading.Lock()
+        self._listeners: list[Callable[[str], None]] = []
+        self.conversions: Counter[tuple[str, Rendition]] = Counter()
+        self.published = threading.Condition()
+
+    def add_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(camera)`` after every publish (it must not block)."""
+        self._listeners.append(callback)
+
+    def want(self, camera: str, rendition: Rendition) -> None:
+        """A subscriber wants this rendition of this camera (reference counted)."""
+        with self._wanted_lock:
+            wanted = Counter(self._wanted.get(camera, Counter()))
+            wanted[rendition] += 1
+            self._wanted[camera] = wanted  # copy-on-write: decoders read without the lock
+
+    def unwant(self, camera: str, rendition: Rendition) -> None:
+        """Undo one ``want``."""
+        with self._wanted_lock:
+            wanted = Counter(self._wanted.get(camera, Counter()))
+            wanted[rendition] -= 1
+            self._wanted[camera] = +wanted
+
+    def is_wanted(self, camera: str) -> bool:
+        """True while any subscriber wants frames of this camera."""
+        return bool(self._wanted.get(camera))
+
+    def latest(self, camera: str) -> StoredFrame | None:
+        """The newest frame of a camera, or None before its first frame."""
+        return self._latest.get(camera)
+
+    def next_seq(self, camera: str) -> int:
+        """The sequence number the next frame of this camera gets (monotonic for the process)."""
+        return self._seq.get(camera, 0) + 1
+
+    def publish(self, stored: StoredFrame) -> None:
+        """Decoder thread: convert what subscribers want, then make the frame the newest."""
+        for rendition in self._wanted.get(stored.camera, Counter()):
+            self._render_into(stored, rendition)
+        stored.publish_mono_ns = time.monotonic_ns()
+        self._seq[stored.camera] = stored.seq
+        self._latest[stored.camera] = stored
+        with self.published:
+            self.published.notify_all()
+        for callback in self._listeners:
+            callback(stored.camera)
+
+    def payload(self, stored: StoredFrame, rendition: Rendition) -> Payload:
+        """A rendition of a stored frame, converting it now if nobody has yet."""
+        found = stored.renditions.get(rendition)
+        if found is not None:
+            return found
+        with self._render_lock:
+            return self._render_into(stored, rendition)
+
+    def _render_into(self, stored: StoredFrame, rendition: Rendition) -> Payload:
+        found = stored.renditions.get(rendition)
+        if found is None:
+            found, converted = render(stored.frame, rendition)
+            stored.renditions[rendition] = found
+            if converted:
+                self.conversions[(stored.camera, rendition)] += 1
+        return found
+
+    def forget(self, camera: str) -> None:
+        """Drop a removed camera's newest frame."""
+        self._latest.pop(camera, None)

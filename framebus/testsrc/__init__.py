@@ -1,0 +1,1 @@
+"""Test sources: pre-encoded clip generation and a standalone loopback RTSP server."""

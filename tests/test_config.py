@@ -1,0 +1,130 @@
+"""Configuration: every kind of bad key or value gets a one-line, key-path error and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from framebus.config import load_config, parse_config, parse_duration, resolve_passwords
+from framebus.errors import ConfigError
+
+GOOD = """
+fifo_dir: /run/framebus
+cameras:
+  front:
+    url: rtsp://127.0.0.1:8554/front
+    username: viewer
+    password_env: FRONT_PASSWORD
+    read_timeout: 500ms
+    backoff: {initial: 1s, max: 2m}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "framebus.yaml"
+    path.write_text(text)
+    return path
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "framebus", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={"FRONT_PASSWORD": "s3cret-pw", "PATH": "/usr/bin:/bin"})
+
+
+def test_a_good_file_loads_into_typed_frozen_values(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    front = config.cameras["front"]
+    assert front.read_timeout == 0.5 and front.backoff.max == 120.0 and front.transport == "tcp"
+    with pytest.raises(Exception, match="frozen"):
+        front.url = "rtsp://elsewhere/x"  # type: ignore[misc]
+    monkeypatch.setenv("FRONT_PASSWORD", "s3cret-pw")
+    password = resolve_passwords(config)["front"]
+    assert password is not None and password.get_secret_value() == "s3cret-pw"
+    assert "s3cret-pw" not in repr(config) + repr(password) + str(password)
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    read_timeout: soon\n",
+     "cameras.front.read_timeout: expected a duration like '5s', got 'soon'"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    stall_timeout: -1s\n",
+     "cameras.front.stall_timeout: expected a duration like '5s', got '-1s'"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    colour: red\n",
+     "cameras.front.colour: unknown key"),
+    ("cameraz: {}\n", "cameraz: unknown key"),
+    ("cameras:\n  front: {transport: udp}\n", "cameras.front.url: required key is missing"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    transport: quic\n",
+     "cameras.front.transport: Input should be 'tcp', 'udp' or 'auto', got 'quic'"),
+    ("cameras:\n  front:\n    url: http://h/x\n", "cameras.front.url: expected an rtsp://"),
+    ("cameras:\n  front:\n    url: rtsp://bob:hunter2@h/x\n",
+     "cameras.front.url: credentials in the URL are not allowed"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    password: pw\n",
+     "cameras.front: password needs a username"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    username: u\n    password: a\n"
+     "    password_env: B\n", "give one password source, not password and password_env"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    decoder_threads: 99\n",
+     "cameras.front.decoder_threads: Input should be less than or equal to 16, got 99"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    backoff: {initial: 1m, max: 1s}\n",
+     "cameras.front.backoff: initial must not exceed max"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    backoff: {jitter: 2}\n",
+     "cameras.front.backoff.jitter: Input should be less than or equal to 1"),
+    ("cameras:\n  'a b':\n    url: rtsp://h/x\n", "cameras: camera name 'a b' must be"),
+    ("cameras: [1, 2]\n", "cameras: Input should be a valid dictionary"),
+    ("- just\n- a list\n", "expected a mapping at the top level"),
+    ("cameras:\n  front: {url: rtsp://h/x\n", "YAML syntax error at line 3"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    username: u\n    password_file: /nope\n",
+     "cameras.front.password_file: cannot read: No such file or directory"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    username: u\n    password_env: NOT_SET_X\n",
+     "cameras.front.password_env: environment variable NOT_SET_X is not set"),
+    ("cameras:\n  front:\n    url: rtsp://h/x\n    username: u\n    password_credential: c\n",
+     "cameras.front.password_credential: $CREDENTIALS_DIRECTORY is not set"),
+])
+def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path: Path, text: str,
+                                                         error: str) -> None:
+    result = check_config(write(tmp_path, text))
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert error in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    result = check_config(tmp_path / "absent.yaml")
+    assert result.returncode == 2
+    assert "absent.yaml: cannot read: No such file or directory" in result.stderr
+
+
+def test_check_config_accepts_the_good_file(tmp_path: Path) -> None:
+    result = check_config(write(tmp_path, GOOD))
+    assert result.returncode == 0, result.stderr
+    assert "ok (1 cameras)" in result.stdout
+
+
+def test_passwords_never_appear_in_errors(tmp_path: Path) -> None:
+    text = ("cameras:\n  front:\n    url: rtsp://viewer:TopSecret9@h/x\n    password: TopSecret9\n"
+            "    username: 7\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert "TopSecret9" not in str(info.value)
+
+
+def test_credential_from_the_systemd_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "front.pass").write_text("from-systemd\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    config = parse_config({"cameras": {"front": {"url": "rtsp://h/x", "username": "u",
+                                                 "password_credential": "front.pass"}}})
+    password = resolve_passwords(config)["front"]
+    assert password is not None and password.get_secret_value() == "from-systemd"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("2m", 120.0),
+                                               ("1.5s", 1.5), ("1h", 3600.0), (3, 3.0)])
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
