@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import av
 import av.error
+from av.codec.hwaccel import HWAccel
 from pydantic import SecretStr
 
 from framebus.backoff import Backoff, BackoffPolicy
@@ -207,7 +208,8 @@ class Camera:
             # read, the RTSP demuxer hands out a stale buffered frame, which would hide the
             # stall from the watchdog. The watchdog detects; this only unblocks the thread.
             container = av.open(self._open_url, options=self._options(),
-                                timeout=(cfg.open_timeout, cfg.stall_timeout + cfg.read_timeout))
+                                timeout=(cfg.open_timeout, cfg.stall_timeout + cfg.read_timeout),
+                                hwaccel=self._hwaccel())
             if not self._current(generation):
                 raise _Abandoned
             self._stream(generation, container)
@@ -244,6 +246,12 @@ class Camera:
             options["rtsp_transport"] = self.config.transport
         return options
 
+    def _hwaccel(self) -> HWAccel | None:
+        if not self.config.hwaccel:
+            return None
+        # falls back to software decoding when the device or codec is not available
+        return HWAccel(device_type=self.config.hwaccel, allow_software_fallback=True)
+
     def _is_file(self) -> bool:
         return urlsplit(self.config.url).scheme in ("", "file")
 
@@ -261,7 +269,6 @@ class Camera:
         self.stats.epoch += 1
         epoch = self.stats.epoch
         time_base = stream.time_base or Fraction(1, 90000)
-        realtime_us = container.start_time_realtime
         start_pts = stream.start_time or 0
         size: tuple[int, int, str] | None = None
         skipping: bool | None = None
@@ -285,6 +292,8 @@ class Camera:
                     self.stats.epoch += 1  # size or format changed mid-stream
                     epoch = self.stats.epoch
                 size = shape
+                # FFmpeg fills this in once the first RTCP sender report has arrived
+                realtime_us = container.start_time_realtime
                 self._publish(generation, frame, epoch, time_base, realtime_us, start_pts)
 
     def _publish(self, generation: int, frame: av.VideoFrame, epoch: int,

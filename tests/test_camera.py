@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from camerakit import GarbageServer, cameras, open_fds
 from rtspserver import Mount, RtspServer, RtspServerFactory
@@ -190,3 +193,32 @@ def test_forced_reconnects_leak_no_threads_or_descriptors(
         wait_for(lambda: cam.abandoned_alive == 0, 20, "abandoned threads to exit")
     wait_for(lambda: threading.active_count() <= threads_before, 20, "threads to end")
     wait_for(lambda: open_fds() <= fds_before, 20, "descriptors to be released")
+
+
+def test_capture_time_switches_to_the_camera_clock_once_rtcp_arrives(
+    rtsp_server_factory: RtspServerFactory,
+) -> None:
+    server = rtsp_server_factory([Mount("cam")])
+    with cameras({"cam": {"url": server.url("cam"), **ALL}}) as (_, store):
+        def rtcp_frame() -> object:
+            frame = store.latest("cam")
+            return frame if frame is not None and frame.capture_source == 1 else None
+        frame = wait_for(rtcp_frame, 20, "a frame timed by RTCP sender reports")
+        age_ns = time.time_ns() - frame.capture_time_ns  # type: ignore[attr-defined]
+        assert -1e9 < age_ns < 1e9  # the camera's clock, mapped to wall time, is about now
+
+
+def test_a_source_without_video_is_unsupported_and_retried_slowly(tmp_path: Path) -> None:
+    audio_only = tmp_path / "tone.wav"
+    with av.open(str(audio_only), "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16",
+                                           layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    with cameras({"mic": {"url": str(audio_only)}}) as (camera_set, _):
+        mic = camera_set.cameras["mic"]
+        wait_for(lambda: mic.state is CameraState.UNSUPPORTED, 20, "unsupported")
+        assert mic.reason == "no video stream"
+        assert mic.stats.reconnects["unsupported"] == 1  # waits auth_failure (1 s) to retry

@@ -128,3 +128,12 @@ def test_credential_from_the_systemd_credentials_directory(
                                                ("1.5s", 1.5), ("1h", 3600.0), (3, 3.0)])
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_the_shipped_example_config_is_valid(tmp_path: Path) -> None:
+    (tmp_path / "front.pass").write_text("example\n")
+    example = Path(__file__).resolve().parent.parent / "config" / "framebus.yaml"
+    result = subprocess.run([sys.executable, "-m", "framebus", "check-config", str(example)],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={"CREDENTIALS_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
