@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"framebus {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", type=Path, required=True)
+    run.add_argument("--log-level", default="INFO",
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", type=Path)
 
@@ -66,6 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from framebus.config import load_config, resolve_passwords
+        from framebus.daemon import run
+        from framebus.logs import setup_logging
+
+        config = load_config(args.config)
+        passwords = resolve_passwords(config)
+        setup_logging(args.log_level)
+        return run(config, passwords)
     if args.command == "check-config":
         from framebus.config import load_config, resolve_passwords
 

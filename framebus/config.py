@@ -116,11 +116,65 @@ class CameraConfig(_Strict):
         return self
 
 
+def parse_mode(value: object) -> int:
+    """A file mode: ``0660`` (YAML reads it as octal already), ``"0660"`` or ``"660"``."""
+    if isinstance(value, str):
+        try:
+            value = int(value, 8)
+        except ValueError:
+            raise ValueError(f"expected an octal file mode like '0660', got {value!r}") from None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise ValueError(f"expected an octal file mode like '0660', got {value!r}")
+    return value
+
+
+FileMode = Annotated[int, BeforeValidator(parse_mode)]
+PixelFormatName = Literal["bgr24", "rgb24", "gray", "yuv420p", "nv12", "jpeg"]
+
+
+class SubscriberConfig(_Strict):
+    """One long-lived subscriber: which camera, in which rendition, through which FIFO."""
+
+    camera: str
+    format: PixelFormatName = "bgr24"
+    quality: int = Field(85, ge=1, le=100)  # jpeg only
+    width: int | None = Field(None, ge=1, le=32768)  # one side given keeps the aspect ratio
+    height: int | None = Field(None, ge=1, le=32768)
+    max_fps: float | None = Field(None, gt=0, le=1000)
+    fifo: Path | None = None  # default: <fifo_dir>/<name>.fifo
+    pipe_size: int = Field(1 << 20, ge=4096, le=1 << 30)
+    mode: FileMode = 0o660
+    group: str | None = None
+
+
 class Config(_Strict):
     """The whole daemon configuration."""
 
     fifo_dir: Path = Path("/run/framebus")
     cameras: dict[str, CameraConfig] = Field(default_factory=dict)
+    subscribers: dict[str, SubscriberConfig] = Field(default_factory=dict)
+
+    @field_validator("subscribers")
+    @classmethod
+    def _subscriber_names(
+        cls, subscribers: dict[str, SubscriberConfig]
+    ) -> dict[str, SubscriberConfig]:
+        for name in subscribers:
+            if not CAMERA_NAME.match(name):
+                raise ValueError(f"subscriber name {name!r} must be 1-64 of A-Z a-z 0-9 _ . - "
+                                 "and start with a letter or digit")
+        return subscribers
+
+    @model_validator(mode="after")
+    def _subscribers_name_known_cameras(self) -> Config:
+        for name, sub in self.subscribers.items():
+            if sub.camera not in self.cameras:
+                raise ValueError(f"subscribers.{name}.camera: unknown camera {sub.camera!r}")
+        return self
+
+    def fifo_path(self, name: str) -> Path:
+        """Where subscriber ``name``'s FIFO lives."""
+        return self.subscribers[name].fifo or self.fifo_dir / f"{name}.fifo"
 
     @field_validator("cameras")
     @classmethod

@@ -81,6 +81,7 @@ class StoredFrame:
     keyframe: bool
     publish_mono_ns: int = 0
     renditions: dict[Rendition, Payload] = field(default_factory=dict)
+    _headers: dict[int, FrameHeader] = field(default_factory=dict)
 
     @property
     def width(self) -> int:
@@ -91,6 +92,13 @@ class StoredFrame:
     def height(self) -> int:
         """Native height of the decoded frame."""
         return int(self.frame.height)
+
+    def header_for(self, payload: Payload) -> FrameHeader:
+        """``header(payload)``, built once per payload and shared by its subscribers."""
+        found = self._headers.get(id(payload))
+        if found is None:
+            found = self._headers[id(payload)] = self.header(payload)
+        return found
 
     def header(self, payload: Payload) -> FrameHeader:
         """The wire header for sending ``payload`` (``missed`` is set per subscriber)."""

@@ -1,0 +1,329 @@
+"""The fan-out loop: one thread, ``select.epoll``, non-blocking FIFO writes.
+
+Invariants (the loop's contract; keep them when changing anything here):
+
+* Nothing blocks the loop: FIFOs are opened O_NONBLOCK (ENXIO means "no reader yet" and is
+  retried on a timer), writes are non-blocking ``writev`` calls, no sleep, no lock wait, no
+  conversion (renditions are made in decoder threads before a frame is published).
+* The epoll interest mask is derived from state: a connected subscriber is registered with
+  EPOLLOUT exactly while its outbox has bytes to write, and with an empty mask otherwise
+  (EPOLLERR/EPOLLHUP are always reported, so a reader leaving is noticed even when idle).
+* Frames are never torn: ``Outbox`` finishes a begun message before anything else, and a
+  reader that leaves loses only whole frames; the next reader starts at a message boundary.
+* Other threads talk to the loop only through thread-safe deques plus an eventfd wake-up:
+  decoder threads push camera names (``wake``), the control plane pushes commands (``call``).
+* Payloads are sent as memoryviews of the decoded frame's planes: no per-subscriber copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from framebus.errors import FifoError
+from framebus.fifo import ensure_fifo, open_writer, set_pipe_size
+from framebus.outbox import Outbox, Outgoing
+from framebus.store import LatestFrameStore, Payload, Rendition, StoredFrame
+from framebus.wire import encode_header
+
+log = logging.getLogger("framebus.fanout")
+
+RETIRE_S = 2  # how long a removed subscriber gets to take its in-flight message
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+_ERR = select.EPOLLERR | select.EPOLLHUP
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberSpec:
+    """What a subscriber wants and where it reads."""
+
+    name: str
+    camera: str
+    rendition: Rendition
+    path: Path
+    max_fps: float | None = None
+    pipe_size: int = 1 << 20
+    mode: int = 0o660
+    group: str | None = None
+
+
+@dataclass
+class LatencyHistogram:
+    """Publish-to-fully-written latency, as plain counters (cumulative at scrape time)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation."""
+        index = 0
+        while index < len(LATENCY_BUCKETS_S) and seconds > LATENCY_BUCKETS_S[index]:
+            index += 1
+        self.counts[index] += 1
+        self.sum_s += seconds
+
+
+class Subscriber:
+    """A subscriber's loop-side state: its FIFO descriptor, outbox and counters."""
+
+    def __init__(self, spec: SubscriberSpec) -> None:
+        self.spec = spec
+        self.fd = -1
+        self.mask = 0
+        self.outbox: Outbox[StoredFrame] = Outbox(spec.max_fps)
+        self.pipe_size = 0
+        self.connects = 0
+        self.disconnects = 0
+        self.latency = LatencyHistogram()
+        self.next_open_ns = 0
+        self.error = ""
+        self.last_offered_seq = 0  # 0: nothing offered to the current reader yet
+        self.retiring = False  # removed: finish the in-flight message, then close
+        self.retire_deadline_ns = 0
+
+    @property
+    def connected(self) -> bool:
+        """True while a reader has the FIFO open."""
+        return self.fd >= 0
+
+
+class FanoutLoop:
+    """Writes the newest frames of each camera to every subscriber of it."""
+
+    def __init__(self, store: LatestFrameStore, open_retry_s: float = 0.2) -> None:
+        self.store = store
+        self.subscribers: dict[str, Subscriber] = {}
+        self.ticks = 0
+        self.on_tick: Callable[[], None] | None = None  # e.g. the systemd watchdog ping
+        self._open_retry_ns = int(open_retry_s * 1e9)
+        self._by_fd: dict[int, Subscriber] = {}
+        self._by_camera: dict[str, list[Subscriber]] = {}
+        self._epoll = select.epoll()
+        self._waker = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._waker, select.EPOLLIN)
+        self._retiring: list[Subscriber] = []
+        self._woken: deque[str] = deque()
+        self._commands: deque[Callable[[], None]] = deque()
+        self._stopping = False
+        self._drain_deadline_ns = 0
+        self._thread = threading.Thread(target=self._run, name="fanout", daemon=True)
+        store.add_listener(self.wake)
+
+    # -- other threads ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread."""
+        self._thread.start()
+
+    def wake(self, camera: str) -> None:
+        """Decoder thread: a new frame of ``camera`` is in the store."""
+        self._woken.append(camera)
+        os.eventfd_write(self._waker, 1)
+
+    def call(self, command: Callable[[], None]) -> None:
+        """Run ``command`` inside the loop thread, soon."""
+        self._commands.append(command)
+        os.eventfd_write(self._waker, 1)
+
+    def add(self, spec: SubscriberSpec) -> None:
+        """Create the FIFO (FifoError if the path is unsafe) and start serving it."""
+        ensure_fifo(spec.path, spec.mode, spec.group)
+        self.store.want(spec.camera, spec.rendition)
+        self.call(functools.partial(self._add, Subscriber(spec)))
+
+    def remove(self, name: str) -> None:
+        """Stop serving a subscriber (its reader sees EOF at a message boundary soon)."""
+        self.call(functools.partial(self._remove, name))
+
+    def stop(self, drain_s: float = 1.0) -> None:
+        """Finish in-flight messages (up to ``drain_s``), close every FIFO, end the thread."""
+        def begin_stop() -> None:
+            self._stopping = True
+            self._drain_deadline_ns = time.monotonic_ns() + int(drain_s * 1e9)
+            for sub in self.subscribers.values():
+                sub.outbox.drop_pending()
+        self.call(begin_stop)
+        if self._thread.is_alive():
+            self._thread.join(drain_s + 2.0)
+        self._epoll.close()
+        os.close(self._waker)
+
+    # -- the loop thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic_ns()
+            if self._stopping and (now >= self._drain_deadline_ns or not self._busy()):
+                break
+            self._open_readers(now)
+            if self._retiring:
+                self._reap_retiring(now)
+            for fd, events in self._epoll.poll(self._timeout_s(now)):
+                if fd == self._waker:
+                    self._drain_wakeups()
+                    continue
+                sub = self._by_fd.get(fd)
+                if sub is None:
+                    continue
+                if events & select.EPOLLOUT:
+                    self._flush(sub)
+                elif events & _ERR:
+                    self._reader_left(sub)
+            self.ticks += 1
+            if self.on_tick is not None:
+                self.on_tick()
+        for sub in [*self.subscribers.values(), *self._retiring]:
+            self._close(sub)
+
+    def _busy(self) -> bool:
+        subs = [*self.subscribers.values(), *self._retiring]
+        return any(s.connected and s.outbox.has_bytes for s in subs)
+
+    def _timeout_s(self, now: int) -> float:
+        if self._stopping or self._retiring:
+            return 0.02
+        waiting = [s.next_open_ns for s in self.subscribers.values() if not s.connected]
+        if not waiting:
+            return 1.0  # idle tick, so on_tick (the watchdog ping) keeps coming
+        return min(1.0, max(0.0, (min(waiting) - now) / 1e9))
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._waker)
+        while self._commands:
+            self._commands.popleft()()
+        seen: set[str] = set()
+        while self._woken:
+            camera = self._woken.popleft()
+            if camera not in seen and not self._stopping:
+                seen.add(camera)
+                self._publish(camera)
+
+    def _publish(self, camera: str) -> None:
+        frame = self.store.latest(camera)
+        if frame is None:
+            return
+        now = time.monotonic_ns()
+        for sub in self._by_camera.get(camera, ()):
+            if sub.connected:
+                self._offer(sub, frame, now)
+
+    def _offer(self, sub: Subscriber, frame: StoredFrame, now: int) -> None:
+        payload = frame.renditions.get(sub.spec.rendition)
+        if payload is None:
+            return  # made before this subscriber registered its rendition: skip, never convert
+        if frame.seq <= sub.last_offered_seq:
+            return
+        superseded = frame.seq - sub.last_offered_seq - 1 if sub.last_offered_seq else 0
+        sub.last_offered_seq = frame.seq
+        encode = functools.partial(_encode, frame, payload)
+        sub.outbox.offer(Outgoing(frame.seq, frame, encode), now, superseded)
+        self._flush(sub)
+
+    def _flush(self, sub: Subscriber) -> None:
+        outbox = sub.outbox
+        while chunks := outbox.chunks():
+            try:
+                written = os.writev(sub.fd, chunks)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: the reader left (SIGPIPE is ignored by the daemon)
+                self._reader_left(sub)
+                return
+            if outbox.wrote(written) and (frame := outbox.last_completed) is not None:
+                sub.latency.observe((time.monotonic_ns() - frame.publish_mono_ns) / 1e9)
+        if sub.retiring and not outbox.has_bytes:
+            self._close(sub)
+            return
+        self._update_mask(sub)
+
+    def _update_mask(self, sub: Subscriber) -> None:
+        wanted = select.EPOLLOUT if sub.outbox.has_bytes else 0
+        if wanted != sub.mask:
+            self._epoll.modify(sub.fd, wanted)
+            sub.mask = wanted
+
+    def _open_readers(self, now: int) -> None:
+        if self._stopping:
+            return
+        for sub in self.subscribers.values():
+            if sub.connected or now < sub.next_open_ns:
+                continue
+            sub.next_open_ns = now + self._open_retry_ns
+            try:
+                fd = open_writer(sub.spec.path)
+            except FifoError as exc:
+                if sub.error != str(exc):
+                    log.error("subscriber %s: %s", sub.spec.name, exc,
+                              extra={"subscriber": sub.spec.name})
+                sub.error = str(exc)
+                continue
+            if fd is None:
+                continue
+            sub.error = ""
+            sub.fd, sub.mask = fd, 0
+            sub.pipe_size = set_pipe_size(fd, sub.spec.pipe_size)
+            sub.connects += 1
+            self._by_fd[fd] = sub
+            self._epoll.register(fd, 0)
+            log.info("subscriber %s: reader connected (pipe %d bytes)", sub.spec.name,
+                     sub.pipe_size, extra={"subscriber": sub.spec.name})
+            frame = self.store.latest(sub.spec.camera)
+            if frame is not None:
+                self._offer(sub, frame, now)  # a new reader starts with the newest frame
+
+    def _reader_left(self, sub: Subscriber) -> None:
+        self._close(sub)
+        sub.outbox.reader_gone()
+        sub.last_offered_seq = 0
+        sub.disconnects += 1
+        sub.next_open_ns = 0  # the next reader may already be waiting
+        log.info("subscriber %s: reader left", sub.spec.name, extra={"subscriber": sub.spec.name})
+
+    def _close(self, sub: Subscriber) -> None:
+        if sub.fd >= 0:
+            self._by_fd.pop(sub.fd, None)
+            self._epoll.unregister(sub.fd)
+            os.close(sub.fd)
+            sub.fd, sub.mask = -1, 0
+
+    def _add(self, sub: Subscriber) -> None:
+        old = self.subscribers.get(sub.spec.name)
+        if old is not None:
+            self._remove(old.spec.name)
+        self.subscribers[sub.spec.name] = sub
+        self._by_camera.setdefault(sub.spec.camera, []).append(sub)
+
+    def _remove(self, name: str) -> None:
+        sub = self.subscribers.pop(name, None)
+        if sub is None:
+            return
+        self._by_camera[sub.spec.camera].remove(sub)
+        self.store.unwant(sub.spec.camera, sub.spec.rendition)
+        sub.outbox.drop_pending()
+        if sub.connected and sub.outbox.has_bytes:  # never cut a message: finish it first
+            sub.retiring = True
+            sub.retire_deadline_ns = time.monotonic_ns() + RETIRE_S * 1_000_000_000
+            self._retiring.append(sub)
+        else:
+            self._close(sub)
+
+    def _reap_retiring(self, now: int) -> None:
+        for sub in list(self._retiring):
+            if not sub.connected or now >= sub.retire_deadline_ns:
+                self._close(sub)  # a reader too slow to take one message in time is cut off
+                self._retiring.remove(sub)
+
+
+def _encode(frame: StoredFrame, payload: Payload, missed: int) -> list[memoryview]:
+    header = encode_header(frame.header_for(payload), payload.nbytes, missed)
+    return [memoryview(header), *payload.buffers]

@@ -1,0 +1,88 @@
+"""FIFO life cycle for the writer side: create safely, open without blocking, size the pipe.
+
+Safety rules: a path that exists and is not a FIFO (regular file, symlink, directory, device)
+is refused and never opened for writing, so a misconfigured path cannot clobber a file.
+Opening uses O_NOFOLLOW and re-checks the opened descriptor, closing the race between the
+check and the open.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import grp
+import os
+import stat
+from pathlib import Path
+
+from framebus.errors import FifoError
+
+PIPE_MAX_SIZE_PATH = Path("/proc/sys/fs/pipe-max-size")
+
+_KIND = {
+    stat.S_IFREG: "a regular file",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symlink",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def describe_kind(mode: int) -> str:
+    """A human name for a file type."""
+    return _KIND.get(stat.S_IFMT(mode), "not a FIFO")
+
+
+def ensure_fifo(path: Path, mode: int = 0o660, group: str | None = None) -> bool:
+    """Create the FIFO if absent (True if created); refuse anything that is not a FIFO."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path, mode)
+        os.chmod(path, mode)  # mkfifo's mode is filtered by the umask
+        if group is not None:
+            try:
+                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            except KeyError:
+                raise FifoError(f"{path}: group {group!r} does not exist") from None
+        return True
+    if not stat.S_ISFIFO(info.st_mode):
+        raise FifoError(f"{path} exists and is {describe_kind(info.st_mode)}, not a FIFO: "
+                        "refusing to touch it")
+    return False
+
+
+def open_writer(path: Path) -> int | None:
+    """Open a FIFO for writing without blocking; None while no reader has it open (ENXIO)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None
+        if exc.errno == errno.ELOOP:
+            raise FifoError(f"{path} is a symlink: refusing to follow it") from None
+        raise FifoError(f"{path}: cannot open: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISFIFO(mode):
+        os.close(fd)
+        raise FifoError(f"{path} is {describe_kind(mode)}, not a FIFO: refusing to write")
+    return fd
+
+
+def pipe_max_size() -> int:
+    """The largest pipe an unprivileged process may ask for."""
+    try:
+        return int(PIPE_MAX_SIZE_PATH.read_text())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def set_pipe_size(fd: int, wanted: int) -> int:
+    """Grow the pipe towards ``wanted`` (clamped to pipe-max-size); return the size obtained."""
+    size = min(wanted, pipe_max_size())
+    try:
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)  # e.g. the user's pipe quota is used up

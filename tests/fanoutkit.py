@@ -1,0 +1,83 @@
+"""Test helpers for the fan-out: consumer processes and an in-process daemon."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from camerakit import FAST
+from waiting import wait_for
+
+from framebus.config import parse_config
+from framebus.daemon import Daemon
+
+READER = Path(__file__).resolve().parent / "reader_proc.py"
+
+
+class ReaderProcess:
+    """A real consumer process reading one FIFO; its per-frame JSON lines are collected."""
+
+    def __init__(self, fifo: Path, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(READER), str(fifo), *args],
+                                     stdout=subprocess.PIPE, text=True)
+        self.frames: list[dict[str, Any]] = []
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+            if line.startswith("{"):
+                record = json.loads(line)
+                if "seq" in record:
+                    self.frames.append(record)
+
+    def wait_frames(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        """Wait until at least ``count`` frames arrived."""
+        wait_for(lambda: len(self.frames) >= count, timeout, f"{count} frames at a reader")
+        return self.frames
+
+    def pause(self) -> None:
+        """SIGSTOP: the reader stops draining its FIFO."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT."""
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def finish(self, timeout: float = 30) -> int:
+        """Wait for the process to exit (and its output to be collected)."""
+        code = self.proc.wait(timeout)
+        self._thread.join(timeout)
+        return code
+
+
+@contextmanager
+def running_daemon(cameras: dict[str, dict[str, Any]], subscribers: dict[str, dict[str, Any]],
+                   fifo_dir: Path) -> Iterator[Daemon]:
+    """A daemon in this process (so tests can read its counters), stopped at exit."""
+    config = parse_config({
+        "fifo_dir": str(fifo_dir),
+        "cameras": {name: {**FAST, **spec} for name, spec in cameras.items()},
+        "subscribers": subscribers,
+    })
+    daemon = Daemon(config, {name: None for name in cameras})
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
