@@ -71,6 +71,16 @@ class CameraStats:
     codec: str = ""
     last_frame_mono: float = 0.0
     state_since_mono: float = 0.0
+    frame_interval: float = 0.0  # smoothed seconds between decoded frames
+
+    @property
+    def fps(self) -> float:
+        """Decoded frames per second, smoothed; 0 when stalled for more than a second."""
+        if not self.frame_interval or time.monotonic() - self.last_frame_mono > 1.0 + (
+            2 * self.frame_interval
+        ):
+            return 0.0
+        return 1.0 / self.frame_interval
 
 
 def redact_url(url: str) -> str:
@@ -305,6 +315,10 @@ class Camera:
         stats.frames_decoded += 1
         stats.keyframes_decoded += bool(frame.key_frame)
         stats.width, stats.height = frame.width, frame.height
+        if stats.last_frame_mono:
+            gap = now - stats.last_frame_mono
+            stats.frame_interval = gap if not stats.frame_interval else (
+                0.9 * stats.frame_interval + 0.1 * gap)
         stats.last_frame_mono = now
         self._deadline = now + self.config.stall_timeout
         if self.state is not CameraState.STREAMING:

@@ -27,6 +27,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="framebus", description=__doc__.splitlines()[0])
@@ -41,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", type=Path)
 
-    watch = sub.add_parser("watch", help="show fps, size, latency and misses of a FIFO")
-    watch.add_argument("fifo", type=Path)
+    watch = sub.add_parser("watch", help="show fps, size, latency and misses of FIFOs")
+    watch.add_argument("fifo", type=Path, nargs="+", help="one or more subscriber FIFOs")
     watch.add_argument("--duration", type=float, help="stop after this many seconds")
     watch.add_argument("--count", type=_positive_int, help="stop after this many frames")
 
@@ -52,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--count", type=_positive_int, default=1)
     dump.add_argument("--image", choices=("png", "jpeg"), default="png")
     dump.add_argument("--timeout", type=float, default=None, help="seconds to wait per frame")
+
+    demo = sub.add_parser("demo", help="run two RTSP test cameras, the daemon and a live watch")
+    demo.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the temporary directory (config, FIFOs, daemon log)")
     return parser
 
 
@@ -79,7 +94,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         passwords = resolve_passwords(config)
         setup_logging(args.log_level)
-        return run(config, passwords)
+        return run(config, passwords, args.config)
     if args.command == "check-config":
         from framebus.config import load_config, resolve_passwords
 
@@ -95,4 +110,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from framebus.watch import dump
 
         return dump(args.fifo, args.out, args.count, args.image, args.timeout)
+    if args.command == "demo":
+        from framebus.demo import run_demo
+
+        return run_demo(args.duration, args.keep, sys.stdout)
     raise AssertionError(f"unhandled command {args.command}")

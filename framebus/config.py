@@ -147,12 +147,34 @@ class SubscriberConfig(_Strict):
     group: str | None = None
 
 
+class HttpConfig(_Strict):
+    """The control plane: HTTP API and /metrics."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8470"  # host:port; port 0 picks a free one
+    unix_socket: Path | None = None  # serve on this Unix socket instead of TCP
+    token: SecretStr | None = None  # bearer token required on every request, if set
+    token_file: Path | None = None
+    allowed_fifo_dirs: list[Path] = Field(default_factory=list)  # besides fifo_dir
+    wait_timeout: Duration = 5.0  # longest wait for newer_than and for a FIFO reader to drain
+    max_body_bytes: int = Field(65536, ge=256, le=1 << 20)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"expected host:port like '127.0.0.1:8470', got {listen!r}")
+        return listen
+
+
 class Config(_Strict):
     """The whole daemon configuration."""
 
     fifo_dir: Path = Path("/run/framebus")
     cameras: dict[str, CameraConfig] = Field(default_factory=dict)
     subscribers: dict[str, SubscriberConfig] = Field(default_factory=dict)
+    http: HttpConfig = HttpConfig()
 
     @field_validator("subscribers")
     @classmethod

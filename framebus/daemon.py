@@ -14,47 +14,111 @@ import signal
 import socket
 import threading
 from collections import deque
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from framebus.camera import Camera, CameraSet
-from framebus.config import Config, SubscriberConfig, resolve_passwords
-from framebus.errors import FifoError
+from framebus.camera import Camera, CameraSet, CameraState
+from framebus.config import Config, SubscriberConfig, load_config, resolve_passwords
+from framebus.errors import ConfigError, FifoError
 from framebus.fanout import FanoutLoop, SubscriberSpec
+from framebus.sdnotify import Notifier
 from framebus.store import LatestFrameStore, Rendition
 from framebus.wire import PixelFormat
+
+if TYPE_CHECKING:
+    from framebus.control import ControlPlane
 
 log = logging.getLogger("framebus.daemon")
 
 
-def subscriber_spec(config: Config, name: str, sub: SubscriberConfig) -> SubscriberSpec:
-    """The fan-out's view of a configured subscriber."""
-    rendition = Rendition(PixelFormat.from_name(sub.format), sub.width, sub.height, sub.quality)
-    return SubscriberSpec(name=name, camera=sub.camera, rendition=rendition,
-                          path=config.fifo_path(name), max_fps=sub.max_fps,
-                          pipe_size=sub.pipe_size, mode=sub.mode, group=sub.group)
+def http_token(config: Config) -> SecretStr | None:
+    """The API's bearer token, from the config or its token file."""
+    http = config.http
+    if http.token is not None:
+        return http.token
+    if http.token_file is not None:
+        try:
+            return SecretStr(http.token_file.read_text().strip())
+        except OSError as exc:
+            raise ConfigError(f"http.token_file: cannot read: {exc.strerror}") from None
+    return None
 
 
 class Daemon:
     """A running framebus: its store, cameras and fan-out loop."""
 
-    def __init__(self, config: Config, passwords: dict[str, SecretStr | None] | None = None):
+    def __init__(self, config: Config, passwords: dict[str, SecretStr | None] | None = None,
+                 max_tick_s: float = 1.0):
         self.config = config
         self.passwords = passwords if passwords is not None else resolve_passwords(config)
+        self.http_token = http_token(config)
         self.store = LatestFrameStore()
         self.cameras = CameraSet(self.store)
-        self.fanout = FanoutLoop(self.store)
+        self.fanout = FanoutLoop(self.store, max_tick_s=max_tick_s)
         self.subscriber_errors: dict[str, str] = {}
+        self.dynamic: dict[str, SubscriberConfig] = {}  # added over HTTP; survive reloads
+        self.control: ControlPlane | None = None
         self._specs: dict[str, SubscriberSpec] = {}
+        self._lock = threading.Lock()  # reconcile runs from the main and the HTTP threads
 
     def start(self) -> None:
-        """Start the fan-out loop, then reconcile cameras and subscribers with the config."""
+        """Start the fan-out loop, reconcile with the config, then serve HTTP."""
         self.fanout.start()
         self.reconcile(self.config, self.passwords)
+        if self.config.http.enabled:
+            from framebus.control import ControlPlane
+
+            self.control = ControlPlane(self)
+            self.control.start()
+
+    def fifo_path(self, name: str) -> Path:
+        """Where a configured or run-time subscriber's FIFO lives."""
+        sub = self.dynamic.get(name) or self.config.subscribers[name]
+        return sub.fifo or self.config.fifo_dir / f"{name}.fifo"
+
+    def allowed_fifo_dirs(self) -> list[Path]:
+        """Directories the HTTP API may write FIFOs in: fifo_dir plus the configured ones."""
+        return [self.config.fifo_dir, *self.config.http.allowed_fifo_dirs]
+
+    def add_dynamic(self, name: str, sub: SubscriberConfig) -> None:
+        """A run-time subscription (FifoError if its FIFO path is unsafe)."""
+        spec = self._spec(self.config, name, sub)
+        with self._lock:
+            self.fanout.add(spec)
+            self._specs[name] = spec
+            self.dynamic[name] = sub
+
+    def remove_dynamic(self, name: str) -> None:
+        """Forget a run-time subscription."""
+        with self._lock:
+            self.dynamic.pop(name, None)
+            if self._specs.pop(name, None) is not None:
+                self.fanout.remove(name)
+
+    def _spec(self, config: Config, name: str, sub: SubscriberConfig) -> SubscriberSpec:
+        rendition = Rendition(PixelFormat.from_name(sub.format), sub.width, sub.height,
+                              sub.quality)
+        return SubscriberSpec(name=name, camera=sub.camera, rendition=rendition,
+                              path=sub.fifo or config.fifo_dir / f"{name}.fifo",
+                              max_fps=sub.max_fps, pipe_size=sub.pipe_size, mode=sub.mode,
+                              group=sub.group)
+
+    def status_line(self) -> str:
+        """E.g. "7/8 cameras streaming, 12 subscribers" (systemd STATUS=)."""
+        streaming = sum(c.state is CameraState.STREAMING for c in self.cameras.cameras.values())
+        readers = sum(s.connected for s in self.fanout.subscribers.values())
+        return (f"{streaming}/{len(self.cameras.cameras)} cameras streaming, "
+                f"{len(self.fanout.subscribers)} subscribers ({readers} connected)")
 
     def reconcile(self, config: Config, passwords: dict[str, SecretStr | None]) -> None:
         """Make the running cameras and subscribers match ``config``; unchanged ones stay."""
+        with self._lock:
+            self._reconcile(config, passwords)
+
+    def _reconcile(self, config: Config, passwords: dict[str, SecretStr | None]) -> None:
         for name in set(self.cameras.cameras) - set(config.cameras):
             self.cameras.remove(name)
         for name, camera_config in config.cameras.items():
@@ -66,8 +130,11 @@ class Daemon:
             if running is not None:
                 self.cameras.remove(name)
             self.cameras.add(Camera(name, camera_config, passwords.get(name), self.store))
-        wanted = {name: subscriber_spec(config, name, sub)
-                  for name, sub in config.subscribers.items()}
+        for name in [n for n, s in self.dynamic.items() if s.camera not in config.cameras]:
+            log.warning("subscription %s: its camera is gone; removed", name)
+            del self.dynamic[name]
+        merged = {**self.dynamic, **config.subscribers}  # a configured name wins
+        wanted = {name: self._spec(config, name, sub) for name, sub in merged.items()}
         for name in set(self._specs) - set(wanted):
             self.fanout.remove(name)
             del self._specs[name]
@@ -85,7 +152,9 @@ class Daemon:
         self.config, self.passwords = config, passwords
 
     def stop(self) -> None:
-        """Stop cameras first (no new frames), then let the fan-out finish messages and close."""
+        """Stop HTTP and cameras first (no new frames), then let the fan-out finish messages."""
+        if self.control is not None:
+            self.control.stop()
         self.cameras.close()
         self.fanout.stop()
 
@@ -130,23 +199,53 @@ class SignalInbox:
         return signals
 
 
-def run(config: Config, passwords: dict[str, SecretStr | None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
+def reload(daemon: Daemon, path: Path, notifier: Notifier) -> None:
+    """SIGHUP: validate the new file first; apply only the differences, or keep the old one."""
+    notifier.reloading()
+    try:
+        config = load_config(path)
+        passwords = resolve_passwords(config)
+        http_token(config)
+    except ConfigError as exc:
+        log.error("reload: keeping the running configuration: %s", exc)
+    else:
+        if config.http != daemon.config.http:
+            log.warning("reload: http settings changed; they apply after a restart")
+            config = config.model_copy(update={"http": daemon.config.http})
+        daemon.reconcile(config, passwords)
+        log.info("reloaded %s: %s", path, daemon.status_line())
+    notifier.ready(daemon.status_line())
+
+
+def run(config: Config, passwords: dict[str, SecretStr | None] | None = None,
+        config_path: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads ``config_path``. Returns the exit code."""
     inbox = SignalInbox()
     inbox.install()
-    daemon = Daemon(config, passwords)
-    daemon.start()
+    notifier = Notifier()
+    tick = min(1.0, notifier.ping_interval_s) if notifier.ping_interval_s else 1.0
+    daemon = Daemon(config, passwords, max_tick_s=tick)
+    daemon.fanout.on_tick = notifier.watchdog  # a hung loop stops the pings: systemd restarts
+    try:
+        daemon.start()
+    except OSError as exc:  # e.g. the HTTP address is taken
+        log.error("cannot start: %s", exc)
+        daemon.stop()
+        return 1
     log.info("framebus running: %d cameras, %d subscribers (pid %d)", len(config.cameras),
              len(config.subscribers), os.getpid())
+    notifier.ready(daemon.status_line())
     try:
         while True:
             signals = inbox.wait(1.0)
             if signal.SIGTERM in signals or signal.SIGINT in signals:
                 log.info("stopping on %s", signal.Signals(signals[-1]).name)
                 break
-            if signal.SIGHUP in signals:
-                log.warning("SIGHUP: reload arrives with the control-plane issue; ignored")
+            if signal.SIGHUP in signals and config_path is not None:
+                reload(daemon, config_path, notifier)
+            notifier.status(daemon.status_line())
     finally:
+        notifier.stopping()
         daemon.stop()
     log.info("stopped")
     return 0

@@ -89,6 +89,7 @@ class Subscriber:
         self.last_offered_seq = 0  # 0: nothing offered to the current reader yet
         self.retiring = False  # removed: finish the in-flight message, then close
         self.retire_deadline_ns = 0
+        self.on_closed: Callable[[bool], None] | None = None  # one-shot: called with "complete"
 
     @property
     def connected(self) -> bool:
@@ -99,8 +100,10 @@ class Subscriber:
 class FanoutLoop:
     """Writes the newest frames of each camera to every subscriber of it."""
 
-    def __init__(self, store: LatestFrameStore, open_retry_s: float = 0.2) -> None:
+    def __init__(self, store: LatestFrameStore, open_retry_s: float = 0.2,
+                 max_tick_s: float = 1.0) -> None:
         self.store = store
+        self.max_tick_s = max_tick_s  # the loop ticks (on_tick) at least this often
         self.subscribers: dict[str, Subscriber] = {}
         self.ticks = 0
         self.on_tick: Callable[[], None] | None = None  # e.g. the systemd watchdog ping
@@ -143,6 +146,28 @@ class FanoutLoop:
     def remove(self, name: str) -> None:
         """Stop serving a subscriber (its reader sees EOF at a message boundary soon)."""
         self.call(functools.partial(self._remove, name))
+
+    def send_once(self, fd: int, frame: StoredFrame, payload: Payload, timeout_s: float,
+                  on_closed: Callable[[bool], None]) -> None:
+        """Write one message to an already open FIFO ``fd`` (taken over: the loop closes it),
+        without blocking; ``on_closed(complete)`` runs in the loop thread when done or cut off
+        at the deadline."""
+        spec = SubscriberSpec(name=f"once-{fd}", camera=frame.camera, rendition=Rendition(
+            payload.format, payload.width, payload.height), path=Path())
+        sub = Subscriber(spec)
+        sub.fd, sub.on_closed, sub.retiring = fd, on_closed, True
+        deadline = time.monotonic_ns() + int(timeout_s * 1e9)
+        self.call(functools.partial(self._start_once, sub, frame, payload, deadline))
+
+    def _start_once(self, sub: Subscriber, frame: StoredFrame, payload: Payload,
+                    deadline_ns: int) -> None:
+        sub.retire_deadline_ns = deadline_ns
+        self._by_fd[sub.fd] = sub
+        self._epoll.register(sub.fd, 0)
+        self._retiring.append(sub)
+        encode = functools.partial(_encode, frame, payload)
+        sub.outbox.offer(Outgoing(frame.seq, frame, encode), time.monotonic_ns())
+        self._flush(sub)
 
     def stop(self, drain_s: float = 1.0) -> None:
         """Finish in-flight messages (up to ``drain_s``), close every FIFO, end the thread."""
@@ -193,8 +218,8 @@ class FanoutLoop:
             return 0.02
         waiting = [s.next_open_ns for s in self.subscribers.values() if not s.connected]
         if not waiting:
-            return 1.0  # idle tick, so on_tick (the watchdog ping) keeps coming
-        return min(1.0, max(0.0, (min(waiting) - now) / 1e9))
+            return self.max_tick_s  # idle tick, so on_tick (the watchdog ping) keeps coming
+        return min(self.max_tick_s, max(0.0, (min(waiting) - now) / 1e9))
 
     def _drain_wakeups(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -242,7 +267,7 @@ class FanoutLoop:
             if outbox.wrote(written) and (frame := outbox.last_completed) is not None:
                 sub.latency.observe((time.monotonic_ns() - frame.publish_mono_ns) / 1e9)
         if sub.retiring and not outbox.has_bytes:
-            self._close(sub)
+            self._close(sub)  # the reaper forgets it on its next pass
             return
         self._update_mask(sub)
 
@@ -282,6 +307,9 @@ class FanoutLoop:
                 self._offer(sub, frame, now)  # a new reader starts with the newest frame
 
     def _reader_left(self, sub: Subscriber) -> None:
+        if sub.retiring:  # a removed or one-shot subscriber: nothing to reconnect
+            self._close(sub)
+            return
         self._close(sub)
         sub.outbox.reader_gone()
         sub.last_offered_seq = 0
@@ -295,6 +323,9 @@ class FanoutLoop:
             self._epoll.unregister(sub.fd)
             os.close(sub.fd)
             sub.fd, sub.mask = -1, 0
+        if sub.on_closed is not None:
+            callback, sub.on_closed = sub.on_closed, None
+            callback(sub.outbox.stats.sent > 0)
 
     def _add(self, sub: Subscriber) -> None:
         old = self.subscribers.get(sub.spec.name)
@@ -319,7 +350,7 @@ class FanoutLoop:
 
     def _reap_retiring(self, now: int) -> None:
         for sub in list(self._retiring):
-            if not sub.connected or now >= sub.retire_deadline_ns:
+            if not sub.connected or not sub.outbox.has_bytes or now >= sub.retire_deadline_ns:
                 self._close(sub)  # a reader too slow to take one message in time is cut off
                 self._retiring.remove(sub)
 

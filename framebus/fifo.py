@@ -86,3 +86,61 @@ def set_pipe_size(fd: int, wanted: int) -> int:
         return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
     except OSError:
         return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)  # e.g. the user's pipe quota is used up
+
+
+class FifoRefused(FifoError):
+    """A requested FIFO path is not allowed (outside the allowed directories, a symlink,
+    not a FIFO): nothing was written."""
+
+
+class NoReader(FifoError):
+    """The FIFO exists but nobody has it open for reading."""
+
+
+def inside(path: str, directories: list[Path]) -> bool:
+    """True if the resolved ``path`` lies inside one of the (resolved) directories."""
+    for directory in directories:
+        root = os.path.realpath(directory)
+        if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def check_allowed_path(path: Path, allowed: list[Path]) -> None:
+    """Refuse relative paths, '..' and anything that resolves outside ``allowed``."""
+    if not path.is_absolute():
+        raise FifoRefused(f"{path}: must be an absolute path")
+    if ".." in path.parts:
+        raise FifoRefused(f"{path}: '..' is not allowed")
+    if not inside(os.path.realpath(path), allowed):
+        raise FifoRefused(f"{path}: outside the allowed FIFO directories")
+
+
+def open_requested_fifo(path: Path, allowed: list[Path]) -> int:
+    """Open a caller's FIFO for one non-blocking write, after every safety check.
+
+    The path must resolve inside ``allowed`` (so no symlink leads out), must be a FIFO before
+    it is opened (devices are never opened), is opened with O_NOFOLLOW, and must be the same
+    FIFO, still inside ``allowed``, once open.
+    """
+    check_allowed_path(path, allowed)
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise FifoRefused(f"{path}: no such FIFO") from None
+    if not stat.S_ISFIFO(before.st_mode):
+        raise FifoRefused(f"{path} is {describe_kind(before.st_mode)}, not a FIFO")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise NoReader(f"{path}: no reader has the FIFO open") from None
+        raise FifoRefused(f"{path}: cannot open: {exc.strerror}") from None
+    after = os.fstat(fd)
+    opened = os.readlink(f"/proc/self/fd/{fd}")
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or not inside(
+        opened, allowed
+    ):
+        os.close(fd)
+        raise FifoRefused(f"{path}: changed while being opened")
+    return fd

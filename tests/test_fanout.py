@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -83,6 +84,8 @@ def test_a_stopped_reader_costs_others_nothing_and_its_gaps_equal_its_drops(
         def ten_seconds_of_frames() -> bool:
             nonlocal held_max
             held_max = max(held_max, len(slow_sub.outbox.held()))
+            if slow_sub.outbox.has_bytes:  # the epoll mask follows the outbox
+                assert slow_sub.mask == select.EPOLLOUT
             return latest_seq(daemon) >= start + 250  # 10 s at 25 fps
         wait_for(ten_seconds_of_frames, 30, "10 s of frames while the reader is stopped")
         end = latest_seq(daemon)
@@ -105,6 +108,7 @@ def test_a_stopped_reader_costs_others_nothing_and_its_gaps_equal_its_drops(
                 return None  # a frame arrived meanwhile: look again
             return drops, missed
         drops, missed = wait_for(idle_snapshot, 20, "an idle moment of the slow subscriber")
+        wait_for(lambda: slow_sub.mask == 0 or slow_sub.outbox.has_bytes, 5, "EPOLLOUT dropped")
         for reader in readers.values():
             reader.kill()
     print(f"\nMEASURED held frames {held_max}, RSS growth {rss_growth / 1e6:.1f} MB "

@@ -1,0 +1,245 @@
+"""The HTTP API's endpoint implementations (routing and HTTP details live in control.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from framebus.camera import redact_url
+from framebus.config import PixelFormatName, SubscriberConfig
+from framebus.control import ApiError, Reply, json_reply, validation_detail
+from framebus.errors import FifoError
+from framebus.fifo import FifoRefused, NoReader, check_allowed_path, open_requested_fifo
+from framebus.imaging import encode_image
+from framebus.store import Rendition, StoredFrame
+from framebus.wire import PixelFormat
+
+if TYPE_CHECKING:
+    from framebus.daemon import Daemon
+
+
+class FifoRequest(BaseModel):
+    """Body of POST /v1/cameras/{name}/snapshot-to-fifo."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fifo: Path
+    format: PixelFormatName = "bgr24"
+    width: int | None = Field(None, ge=1, le=32768)
+    height: int | None = Field(None, ge=1, le=32768)
+    quality: int = Field(85, ge=1, le=100)
+    timeout: float | None = Field(None, gt=0, le=60)
+
+
+class SubscriptionRequest(SubscriberConfig):
+    """Body of POST /v1/subscriptions: a subscriber's options plus its name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _int(query: dict[str, str], key: str, low: int, high: int) -> int | None:
+    if key not in query:
+        return None
+    try:
+        value = int(query[key])
+    except ValueError:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query", f"{key}: expected an integer") from None
+    if not low <= value <= high:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query", f"{key}: expected {low}..{high}")
+    return value
+
+
+def _no_subscription(name: str) -> ApiError:
+    return ApiError(HTTPStatus.NOT_FOUND, "unknown_subscription", f"no subscription {name!r}")
+
+
+class Handlers:
+    """One method per endpoint."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    # -- cameras -----------------------------------------------------------------------------
+
+    def _camera(self, name: str) -> Any:
+        camera = self.daemon.cameras.cameras.get(name)
+        if camera is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, "unknown_camera", f"no camera named {name!r}")
+        return camera
+
+    def camera_status(self, name: str) -> dict[str, Any]:
+        """A camera's state, as the API shows it."""
+        camera = self._camera(name)
+        stats = camera.stats
+        latest = self.daemon.store.latest(name)
+        subscribers = sorted(s.spec.name for s in self.daemon.fanout.subscribers.values()
+                             if s.spec.camera == name)
+        return {
+            "name": name, "url": redact_url(camera.config.url), "state": camera.state.value,
+            "reason": camera.reason, "fps": round(stats.fps, 2), "width": stats.width,
+            "height": stats.height, "codec": stats.codec, "epoch": stats.epoch,
+            "frames_decoded": stats.frames_decoded, "decode_errors": stats.decode_errors,
+            "reconnects": dict(stats.reconnects), "last_seq": latest.seq if latest else None,
+            "frame_age_s": round(time.monotonic() - stats.last_frame_mono, 3)
+            if stats.last_frame_mono else None,
+            "subscribers": subscribers,
+        }
+
+    def list_cameras(self, _query: dict[str, str]) -> Reply:
+        """GET /v1/cameras."""
+        return json_reply({"cameras": [self.camera_status(n)
+                                       for n in sorted(self.daemon.cameras.cameras)]})
+
+    def get_camera(self, _query: dict[str, str], name: str) -> Reply:
+        """GET /v1/cameras/{name}."""
+        return json_reply(self.camera_status(name))
+
+    def _frame(self, name: str, query: dict[str, str]) -> StoredFrame:
+        self._camera(name)
+        newer_than = _int(query, "newer_than", 0, 2**63 - 1)
+        max_age = query.get("max_age")
+        store = self.daemon.store
+        wait = self.daemon.config.http.wait_timeout
+        deadline = time.monotonic() + wait
+        with store.published:
+            while True:
+                frame = store.latest(name)
+                if frame is not None and (newer_than is None or frame.seq > newer_than):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    what = "no frame yet" if frame is None else f"no frame newer than {newer_than}"
+                    raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "no_frame",
+                                   f"{what} within {wait:g}s")
+                store.published.wait(remaining)
+        if max_age is not None:
+            try:
+                limit = float(max_age)
+            except ValueError:
+                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query",
+                               "max_age: expected seconds") from None
+            age = (time.monotonic_ns() - frame.publish_mono_ns) / 1e9
+            if age > limit:
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "frame_too_old",
+                               f"newest frame is {age:.3f}s old, over max_age {limit:g}s")
+        return frame
+
+    def snapshot(self, query: dict[str, str], name: str, kind: str) -> Reply:
+        """GET /v1/cameras/{name}/snapshot.jpg|png: the newest frame as an image."""
+        width = _int(query, "width", 1, 32768)
+        height = _int(query, "height", 1, 32768)
+        quality = _int(query, "quality", 1, 100) or 85
+        frame = self._frame(name, query)
+        if kind == "jpg":  # shared with any subscriber wanting the same: converted once
+            payload = self.daemon.store.payload(frame, Rendition(PixelFormat.JPEG, width, height,
+                                                                 quality))
+            body, content_type = bytes(payload.buffers[0]), "image/jpeg"
+        else:
+            w, h = Rendition(PixelFormat.RGB24, width, height).size_for(frame.width, frame.height)
+            body = encode_image(frame.frame.reformat(width=w, height=h), "png")
+            content_type = "image/png"
+        age = (time.monotonic_ns() - frame.publish_mono_ns) / 1e9
+        headers = {"Content-Type": content_type, "Age": str(int(age)),
+                   "Cache-Control": "no-store", "X-Framebus-Seq": str(frame.seq),
+                   "X-Framebus-Epoch": str(frame.epoch),
+                   "X-Framebus-Capture-Time-Ns": str(frame.capture_time_ns),
+                   "X-Framebus-Age-Ms": f"{age * 1000:.1f}"}
+        return HTTPStatus.OK, headers, body
+
+    def snapshot_to_fifo(self, body: dict[str, Any], name: str) -> Reply:
+        """POST /v1/cameras/{name}/snapshot-to-fifo: write the newest frame into the caller's
+        FIFO as one message, through the fan-out loop, without blocking."""
+        try:
+            request = FifoRequest.model_validate(body)
+        except ValidationError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", validation_detail(exc)) from None
+        frame = self._frame(name, {})
+        rendition = Rendition(PixelFormat.from_name(request.format), request.width,
+                              request.height, request.quality)
+        payload = self.daemon.store.payload(frame, rendition)  # converted here, not in the loop
+        try:
+            fd = open_requested_fifo(request.fifo, self.daemon.allowed_fifo_dirs())
+        except NoReader as exc:
+            raise ApiError(HTTPStatus.CONFLICT, "no_reader", str(exc)) from None
+        except FifoRefused as exc:
+            raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused", str(exc)) from None
+        timeout = min(request.timeout or self.daemon.config.http.wait_timeout,
+                      self.daemon.config.http.wait_timeout)
+        done = threading.Event()
+        outcome: list[bool] = []
+
+        def closed(complete: bool) -> None:
+            outcome.append(complete)
+            done.set()
+        self.daemon.fanout.send_once(fd, frame, payload, timeout, closed)
+        if not done.wait(timeout + 2.0) or not outcome[0]:
+            raise ApiError(HTTPStatus.GATEWAY_TIMEOUT, "reader_too_slow",
+                           f"the reader did not take the frame within {timeout:g}s: cut off")
+        return json_reply({"camera": name, "seq": frame.seq, "epoch": frame.epoch,
+                           "format": str(payload.format), "width": payload.width,
+                           "height": payload.height, "bytes": payload.nbytes})
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def subscription_status(self, name: str) -> dict[str, Any]:
+        """A subscriber's options and counters."""
+        sub = self.daemon.fanout.subscribers.get(name)
+        source = "api" if name in self.daemon.dynamic else "config"
+        config = self.daemon.dynamic.get(name) or self.daemon.config.subscribers.get(name)
+        if config is None:
+            raise _no_subscription(name)
+        status: dict[str, Any] = {"name": name, "source": source,
+                                  **config.model_dump(mode="json"),
+                                  "fifo": str(self.daemon.fifo_path(name))}
+        if sub is not None:
+            stats = sub.outbox.stats
+            status.update(connected=sub.connected, frames_sent=stats.sent,
+                          bytes_sent=stats.bytes_sent, dropped=dict(stats.dropped),
+                          disconnects=sub.disconnects, pipe_size=sub.pipe_size, error=sub.error)
+        else:
+            status.update(connected=False, error=self.daemon.subscriber_errors.get(name, ""))
+        return status
+
+    def list_subscriptions(self, _query: dict[str, str]) -> Reply:
+        """GET /v1/subscriptions."""
+        names = sorted({*self.daemon.config.subscribers, *self.daemon.dynamic})
+        return json_reply({"subscriptions": [self.subscription_status(n) for n in names]})
+
+    def get_subscription(self, _query: dict[str, str], name: str) -> Reply:
+        """GET /v1/subscriptions/{name}."""
+        return json_reply(self.subscription_status(name))
+
+    def add_subscription(self, body: dict[str, Any]) -> Reply:
+        """POST /v1/subscriptions: a long-lived subscriber added at run time."""
+        try:
+            request = SubscriptionRequest.model_validate(body)
+        except ValidationError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", validation_detail(exc)) from None
+        if request.camera not in self.daemon.config.cameras:
+            raise ApiError(HTTPStatus.NOT_FOUND, "unknown_camera",
+                           f"no camera named {request.camera!r}")
+        if request.name in self.daemon.config.subscribers or request.name in self.daemon.dynamic:
+            raise ApiError(HTTPStatus.CONFLICT, "exists",
+                           f"a subscription named {request.name!r} exists")
+        config = SubscriberConfig.model_validate(request.model_dump(exclude={"name"}))
+        path = config.fifo or self.daemon.config.fifo_dir / f"{request.name}.fifo"
+        try:
+            check_allowed_path(path, self.daemon.allowed_fifo_dirs())
+            self.daemon.add_dynamic(request.name, config)
+        except FifoError as exc:
+            raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused", str(exc)) from None
+        return json_reply(self.subscription_status(request.name), HTTPStatus.CREATED)
+
+    def delete_subscription(self, _query: dict[str, str], name: str) -> Reply:
+        """DELETE /v1/subscriptions/{name} (run-time subscriptions only)."""
+        if name in self.daemon.config.subscribers:
+            raise ApiError(HTTPStatus.CONFLICT, "configured",
+                           f"{name!r} comes from the config file: edit it and reload")
+        if name not in self.daemon.dynamic:
+            raise _no_subscription(name)
+        self.daemon.remove_dynamic(name)
+        return json_reply({"deleted": name})
