@@ -7,7 +7,7 @@ STAMP := $(VENV)/.framebus-installed
 DEBS := scripts/debian-packages.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup test soak lint clean
+.PHONY: setup run test soak lint clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml $(DEBS) scripts/ensure-debian-packages
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+run: setup
+	$(VENV)/bin/framebus demo
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -51,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", type=Path)
 
+    snap = sub.add_parser("snapshot", help="save the newest frame of a camera as JPEG/PNG")
+    snap.add_argument("camera")
+    snap.add_argument("--out", type=Path, help="image file (.jpg or .png); default CAMERA.jpg")
+    snap.add_argument("--fifo", action="store_true",
+                      help="fetch the raw frame through a private FIFO instead of HTTP")
+    snap.add_argument("--url", default="http://127.0.0.1:8470")
+    snap.add_argument("--unix-socket")
+    snap.add_argument("--fifo-dir", help="where to make the private FIFO (with --fifo)")
+    snap.add_argument("--width", type=_positive_int)
+    snap.add_argument("--height", type=_positive_int)
+    snap.add_argument("--quality", type=_positive_int, default=85)
+    snap.add_argument("--token-file", type=Path)
+    snap.add_argument("--timeout", type=float, default=5.0)
+
     watch = sub.add_parser("watch", help="show fps, size, latency and misses of FIFOs")
     watch.add_argument("fifo", type=Path, nargs="+", help="one or more subscriber FIFOs")
     watch.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -64,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--timeout", type=float, default=None, help="seconds to wait per frame")
 
     demo = sub.add_parser("demo", help="run two RTSP test cameras, the daemon and a live watch")
-    demo.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
+    demo.add_argument("--duration", type=_positive_float,
+                      help="watch for this many seconds, then stop")
     demo.add_argument("--keep", action="store_true",
                       help="keep the temporary directory (config, FIFOs, daemon log)")
     return parser
@@ -102,6 +117,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         resolve_passwords(config)
         print(f"{args.config}: ok ({len(config.cameras)} cameras)")
         return EXIT_OK
+    if args.command == "snapshot":
+        from framebus.snapshot import snapshot
+
+        return snapshot(args)
     if args.command == "watch":
         from framebus.watch import watch
 

@@ -1,9 +1,21 @@
-"""Console consumers: ``framebus watch`` (live per-camera statistics) and ``framebus dump``."""
+"""Console consumers: ``framebus watch`` (live per-camera statistics) and ``framebus dump``.
+
+``watch`` reads one or more subscriber FIFOs. Each FIFO gets its own reader thread (a
+:class:`~framebus.client.Subscriber` with ``reopen=True``, so it survives daemon restarts); the
+threads hand small per-frame samples (camera, size, format, latency, misses: never the pixels,
+whose buffer the subscriber reuses) to the main thread through a bounded queue, and the main
+thread prints one line per second per camera. A camera seen on more than one FIFO (two
+subscribers of one camera) gets one line per FIFO, labelled ``camera@fifo``.
+"""
 
 from __future__ import annotations
 
+import os
+import queue
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -11,6 +23,29 @@ from typing import TextIO
 from framebus.client import Frame, Subscriber
 from framebus.imaging import ImageKind, encode_image, to_video_frame
 from framebus.wire import PixelFormat
+
+_READ_POLL_S = 0.2  # a reader thread notices the stop request at least this often
+_QUEUE_LIMIT = 4096  # samples waiting for the main thread (bounded: the reader waits)
+_JOIN_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What ``watch`` keeps of one received frame (no pixels)."""
+
+    path: Path
+    camera: str
+    missed: int
+    latency_ns: int
+    size: str
+    fmt: str
+
+    @classmethod
+    def of(cls, path: Path, frame: Frame) -> Sample:
+        """The sample of ``frame``, read from the FIFO at ``path``."""
+        header = frame.header
+        return cls(path, frame.camera, frame.missed, frame.latency_ns,
+                   f"{header.width}x{header.height}", str(header.format))
 
 
 @dataclass
@@ -25,11 +60,15 @@ class CameraWindow:
 
     def add(self, frame: Frame) -> None:
         """Count one frame into the window."""
+        self.add_sample(Sample.of(Path(), frame))
+
+    def add_sample(self, sample: Sample) -> None:
+        """Count one frame, given as a :class:`Sample`, into the window."""
         self.frames += 1
-        self.missed += frame.missed
-        self.latencies_ns.append(frame.latency_ns)
-        self.size = f"{frame.header.width}x{frame.header.height}"
-        self.fmt = str(frame.header.format)
+        self.missed += sample.missed
+        self.latencies_ns.append(sample.latency_ns)
+        self.size = sample.size
+        self.fmt = sample.fmt
 
     def line(self, camera: str, seconds: float) -> str:
         """One human-readable status line for the window."""
@@ -43,39 +82,127 @@ class CameraWindow:
                 f"{latency}  missed {self.missed}")
 
 
-def watch(path: Path, duration: float | None, count: int | None, out: TextIO) -> int:
-    """Print one line per second per camera until ``duration`` or ``count`` is reached."""
-    started = time.monotonic()
-    window_start = started
-    windows: dict[str, CameraWindow] = {}
-    seen = 0
-    with Subscriber(path, reopen=True) as sub:
-        while True:
-            now = time.monotonic()
-            if duration is not None and now - started >= duration:
-                break
-            if count is not None and seen >= count:
-                break
-            if now - window_start >= 1.0:
-                _report(windows, now - window_start, path, out)
-                windows, window_start = {}, now
-            try:
-                frame = sub.read(timeout=max(0.01, window_start + 1.0 - now))
-            except TimeoutError:
-                continue
-            assert frame is not None  # reopen=True never ends at EOF
-            windows.setdefault(frame.camera, CameraWindow()).add(frame)
-            seen += 1
-        if windows:
-            _report(windows, time.monotonic() - window_start, path, out)
+@dataclass(frozen=True, slots=True)
+class _ReaderFailed:
+    path: Path
+    error: BaseException
+
+
+_Item = Sample | _ReaderFailed
+
+
+def _read_fifo(path: Path, samples: queue.Queue[_Item], stop: threading.Event) -> None:
+    """Reader thread: turn every frame on ``path`` into a sample until ``stop`` is set."""
+    try:
+        with Subscriber(path, reopen=True) as sub:
+            while not stop.is_set():
+                try:
+                    frame = sub.read(timeout=_READ_POLL_S)
+                except TimeoutError:
+                    continue
+                assert frame is not None  # reopen=True never ends at EOF
+                _put(samples, Sample.of(path, frame), stop)
+    except Exception as exc:  # handed to the main thread, which raises it
+        _put(samples, _ReaderFailed(path, exc), stop)
+
+
+def _put(samples: queue.Queue[_Item], item: _Item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            samples.put(item, timeout=_READ_POLL_S)
+            return
+        except queue.Full:
+            continue
+
+
+def watch(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    duration: float | None,
+    count: int | None,
+    out: TextIO,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """Print one line per second per camera seen on any of ``paths``.
+
+    Stops after ``duration`` seconds, after ``count`` frames in total, or as soon as
+    ``should_stop()`` (checked at least once a second) returns True. A second without frames
+    on a FIFO prints ``waiting for frames on <fifo>``. An error of one reader (say, a path that
+    is not a FIFO) is raised here.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    fifos = [Path(p) for p in paths]
+    if not fifos:
+        raise ValueError("watch needs at least one FIFO")
+    samples: queue.Queue[_Item] = queue.Queue(maxsize=_QUEUE_LIMIT)
+    stop_readers = threading.Event()
+    readers = [threading.Thread(target=_read_fifo, args=(path, samples, stop_readers),
+                                name=f"watch:{path.name}", daemon=True) for path in fifos]
+    for reader in readers:
+        reader.start()
+    try:
+        _watch_loop(fifos, samples, duration, count, out, should_stop)
+    finally:
+        stop_readers.set()
+        for reader in readers:
+            reader.join(_JOIN_TIMEOUT_S)
     return 0
 
 
-def _report(windows: dict[str, CameraWindow], seconds: float, path: Path, out: TextIO) -> None:
-    if not windows:
-        print(f"waiting for frames on {path}", file=out, flush=True)
-    for camera in sorted(windows):
-        print(windows[camera].line(camera, seconds), file=out, flush=True)
+def _watch_loop(
+    fifos: list[Path],
+    samples: queue.Queue[_Item],
+    duration: float | None,
+    count: int | None,
+    out: TextIO,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    started = time.monotonic()
+    window_start = started
+    windows: dict[tuple[str, Path], CameraWindow] = {}
+    camera_paths: dict[str, set[Path]] = {}
+    seen = 0
+    while True:
+        now = time.monotonic()
+        if duration is not None and now - started >= duration:
+            break
+        if count is not None and seen >= count:
+            break
+        if should_stop is not None and should_stop():
+            break
+        if now - window_start >= 1.0:
+            _report(windows, camera_paths, now - window_start, fifos, out)
+            windows, window_start = {}, now
+        try:
+            item = samples.get(timeout=max(0.01, window_start + 1.0 - now))
+        except queue.Empty:
+            continue
+        if isinstance(item, _ReaderFailed):
+            raise item.error
+        camera_paths.setdefault(item.camera, set()).add(item.path)
+        windows.setdefault((item.camera, item.path), CameraWindow()).add_sample(item)
+        seen += 1
+    if windows:
+        _report(windows, camera_paths, time.monotonic() - window_start, fifos, out)
+
+
+def _report(
+    windows: dict[tuple[str, Path], CameraWindow],
+    camera_paths: dict[str, set[Path]],
+    seconds: float,
+    fifos: list[Path],
+    out: TextIO,
+) -> None:
+    lines = []
+    for (camera, path), window in windows.items():
+        label = camera if len(camera_paths[camera]) == 1 else f"{camera}@{path.stem}"
+        lines.append(window.line(label, seconds))
+    for line in sorted(lines):
+        print(line, file=out, flush=True)
+    active = {path for _, path in windows}
+    for path in fifos:
+        if path not in active:
+            print(f"waiting for frames on {path}", file=out, flush=True)
 
 
 def dump(path: Path, out_dir: Path, count: int, kind: ImageKind, timeout: float | None) -> int:

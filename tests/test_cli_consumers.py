@@ -62,6 +62,33 @@ def test_watch_prints_per_camera_fps_size_and_latency(tmp_path: Path) -> None:
     writer.wait(timeout=20)
 
 
+def test_watch_reads_several_fifos_with_one_line_per_camera(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.fifo", tmp_path / "b.fifo"
+    os.mkfifo(first)
+    os.mkfifo(second)
+    writers = [start_writer(first, 22, 0, 30, specs="gray:320x240"),
+               start_writer(second, 23, 0, 30, specs="bgr24:64x48")]
+    result = run_cli("watch", str(first), str(second), "--count", "60", "--duration", "30")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    cam1 = [line for line in lines if line.startswith("cam-1 ")]
+    cam2 = [line for line in lines if line.startswith("cam-2 ")]
+    assert cam1 and cam2, result.stdout
+    assert "320x240 gray" in cam1[-1] and "latency p50" in cam1[-1]
+    assert "64x48 bgr24" in cam2[-1] and "latency p50" in cam2[-1]
+    for writer in writers:
+        writer.wait(timeout=20)
+
+
+def test_watch_of_a_path_that_is_not_a_fifo_fails_with_one_line(tmp_path: Path) -> None:
+    fifo, plain = tmp_path / "ok.fifo", tmp_path / "plain"
+    os.mkfifo(fifo)
+    plain.write_text("not a fifo")
+    result = run_cli("watch", str(fifo), str(plain), "--duration", "20")
+    assert result.returncode == 1
+    assert "is not a FIFO" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_usage_exits_2_with_one_line() -> None:
     result = run_cli("dump", "/nonexistent.fifo", "--count", "0", "--out", "/tmp/x")
     assert result.returncode == 2
