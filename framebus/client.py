@@ -15,14 +15,20 @@ is read. Call ``frame.array.copy()`` to keep one.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import secrets
 import select
+import socket
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -161,6 +167,12 @@ class Subscriber:
         while (frame := self.read()) is not None:
             yield frame
 
+    def open(self, timeout: float | None = None) -> None:
+        """Open the FIFO now (it is otherwise opened by the first read); never blocks on a
+        missing writer, waits up to ``timeout`` for the path to appear."""
+        if self._fd < 0:
+            self._open(None if timeout is None else time.monotonic() + timeout)
+
     def fileno(self) -> int:
         """The FIFO's descriptor (-1 before the first read)."""
         return self._fd
@@ -250,3 +262,114 @@ class Subscriber:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not self._poller.poll(max(1, int(remaining * 1000) + 1)):
             raise TimeoutError(f"no frame on {self.path} in time")
+
+
+def _post(url: str, unix_socket: str | None, path: str, body: dict[str, object],
+          token: str | None, timeout: float) -> tuple[int, dict[str, object]]:
+    """POST JSON over TCP or a Unix socket; returns (status, decoded JSON body)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    connection: http.client.HTTPConnection
+    if unix_socket is not None:
+        connection = UnixHTTPConnection(unix_socket, timeout)
+    else:
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1",
+                                                parts.port or 8470, timeout=timeout)
+    try:
+        connection.request("POST", path, json.dumps(body).encode(), headers)
+        response = connection.getresponse()
+        data = response.read()
+    finally:
+        connection.close()
+    try:
+        decoded = json.loads(data or b"{}")
+    except ValueError:
+        decoded = {"error": "bad_response", "detail": data[:200].decode("utf-8", "replace")}
+    return response.status, decoded if isinstance(decoded, dict) else {}
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the daemon's optional control socket)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class FrameRequestError(Exception):
+    """The daemon refused or failed a frame request (``status`` and ``error`` say why)."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status, self.error, self.detail = status, error, detail
+
+
+def request_frame(
+    camera: str,
+    *,
+    url: str = "http://127.0.0.1:8470",
+    unix_socket: str | None = None,
+    fifo_dir: str | os.PathLike[str] | None = None,
+    format: str = "bgr24",
+    width: int | None = None,
+    height: int | None = None,
+    quality: int = 85,
+    token: str | None = None,
+    timeout: float = 5.0,
+) -> Frame:
+    """The newest frame of ``camera``, now, through a private FIFO.
+
+    Makes a FIFO in ``fifo_dir`` (default ``$FRAMEBUS_FIFO_DIR`` or ``/run/framebus``; it must
+    be one of the daemon's allowed directories), opens it for reading without blocking, asks
+    the daemon over HTTP to write the newest frame into it, reads that one message, and
+    removes the FIFO. Raises FrameRequestError with the daemon's reason on refusal.
+    """
+    directory = Path(fifo_dir or os.environ.get("FRAMEBUS_FIFO_DIR", "/run/framebus"))
+    path = directory / f"request-{os.getpid()}-{secrets.token_hex(6)}.fifo"
+    os.mkfifo(path, 0o620)  # the daemon (group) may write; only we may read
+    try:
+        with Subscriber(path, timeout=timeout) as sub:
+            sub.open()
+            body: dict[str, object] = {"fifo": str(path), "format": format, "quality": quality,
+                                       "timeout": timeout}
+            if width:
+                body["width"] = width
+            if height:
+                body["height"] = height
+            answer: list[tuple[int, dict[str, object]]] = []
+            failure: list[BaseException] = []
+
+            def ask() -> None:  # the frame may exceed the pipe: read it while the POST waits
+                try:
+                    answer.append(_post(url, unix_socket, f"/v1/cameras/{camera}/snapshot-to-fifo",
+                                        body, token, timeout + 5.0))
+                except BaseException as exc:  # re-raised in the caller's thread
+                    failure.append(exc)
+                if failure or answer[0][0] != 200:  # no frame will come: end the reader's wait
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+            asker = threading.Thread(target=ask, name="request-frame", daemon=True)
+            asker.start()
+            frame = sub.read()
+            asker.join(timeout + 10.0)
+            if failure:
+                raise failure[0]
+            if not answer:
+                raise TimeoutError(f"no answer from the daemon within {timeout + 10.0:g}s")
+            status, reply = answer[0]
+            if status != 200:
+                raise FrameRequestError(status, str(reply.get("error", "")),
+                                        str(reply.get("detail", "")))
+            if frame is None:
+                raise FrameRequestError(status, "no_frame", "the daemon closed without a frame")
+            return frame
+    finally:
+        path.unlink(missing_ok=True)

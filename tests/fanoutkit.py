@@ -68,12 +68,15 @@ class ReaderProcess:
 
 @contextmanager
 def running_daemon(cameras: dict[str, dict[str, Any]], subscribers: dict[str, dict[str, Any]],
-                   fifo_dir: Path) -> Iterator[Daemon]:
-    """A daemon in this process (so tests can read its counters), stopped at exit."""
+                   fifo_dir: Path, http: dict[str, Any] | None = None) -> Iterator[Daemon]:
+    """A daemon in this process (so tests can read its counters), stopped at exit; HTTP only
+    when ``http`` is given (use listen 127.0.0.1:0)."""
+    fifo_dir.mkdir(parents=True, exist_ok=True)
     config = parse_config({
         "fifo_dir": str(fifo_dir),
         "cameras": {name: {**FAST, **spec} for name, spec in cameras.items()},
         "subscribers": subscribers,
+        "http": http if http is not None else {"enabled": False},
     })
     daemon = Daemon(config, {name: None for name in cameras})
     daemon.start()
