@@ -358,7 +358,7 @@ class Camera:
         level = logging.INFO if state in (CameraState.STREAMING, CameraState.STOPPED,
                                            CameraState.CONNECTING) else logging.WARNING
         log.log(level, "camera %s: %s (%s) [%s]", self.name, state.value, reason,
-                redact_url(self.config.url), extra={"camera": self.name})
+                redact_url(self.config.url), extra={"CAMERA": self.name})
 
 
 class CameraSet:

@@ -144,7 +144,7 @@ class Daemon:
             try:
                 self.fanout.add(spec)
             except FifoError as exc:  # one bad path disturbs nobody else
-                log.error("subscriber %s: %s", name, exc, extra={"subscriber": name})
+                log.error("subscriber %s: %s", name, exc, extra={"SUBSCRIBER": name})
                 self.subscriber_errors[name] = str(exc)
                 continue
             self.subscriber_errors.pop(name, None)
@@ -223,7 +223,8 @@ def run(config: Config, passwords: dict[str, SecretStr | None] | None = None,
     inbox = SignalInbox()
     inbox.install()
     notifier = Notifier()
-    tick = min(1.0, notifier.ping_interval_s) if notifier.ping_interval_s else 1.0
+    # tick twice per ping interval, so a ping is never late by more than half an interval
+    tick = min(1.0, notifier.ping_interval_s / 2) if notifier.ping_interval_s else 1.0
     daemon = Daemon(config, passwords, max_tick_s=tick)
     daemon.fanout.on_tick = notifier.watchdog  # a hung loop stops the pings: systemd restarts
     try:

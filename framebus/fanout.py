@@ -289,7 +289,7 @@ class FanoutLoop:
             except FifoError as exc:
                 if sub.error != str(exc):
                     log.error("subscriber %s: %s", sub.spec.name, exc,
-                              extra={"subscriber": sub.spec.name})
+                              extra={"SUBSCRIBER": sub.spec.name})
                 sub.error = str(exc)
                 continue
             if fd is None:
@@ -301,7 +301,7 @@ class FanoutLoop:
             self._by_fd[fd] = sub
             self._epoll.register(fd, 0)
             log.info("subscriber %s: reader connected (pipe %d bytes)", sub.spec.name,
-                     sub.pipe_size, extra={"subscriber": sub.spec.name})
+                     sub.pipe_size, extra={"SUBSCRIBER": sub.spec.name})
             frame = self.store.latest(sub.spec.camera)
             if frame is not None:
                 self._offer(sub, frame, now)  # a new reader starts with the newest frame
@@ -315,7 +315,7 @@ class FanoutLoop:
         sub.last_offered_seq = 0
         sub.disconnects += 1
         sub.next_open_ns = 0  # the next reader may already be waiting
-        log.info("subscriber %s: reader left", sub.spec.name, extra={"subscriber": sub.spec.name})
+        log.info("subscriber %s: reader left", sub.spec.name, extra={"SUBSCRIBER": sub.spec.name})
 
     def _close(self, sub: Subscriber) -> None:
         if sub.fd >= 0:
