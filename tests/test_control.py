@@ -212,11 +212,18 @@ def test_metrics_show_exact_counts_after_known_frames_and_drops(
                         reader.frames[-1]["seq"] != last.seq):
                         return False
                 return latest is not None and readers["all"].frames[-1]["seq"] == latest.seq
-            wait_for(settled, 20, "the subscribers to settle")
-            _, _, raw = ApiClient(running).request("GET", "/metrics")
-            latest = running.store.latest("cam")
-            assert latest is not None
-            decoded = running.cameras.cameras["cam"].stats.frames_decoded  # paused: no more
+            def snapshot() -> tuple[bytes, Any, int, dict[str, list[dict[str, Any]]]] | None:
+                # frames buffered before the pause may still trickle out: take the scrape and
+                # the readers' view together, and only if nothing moved in between
+                if not settled():
+                    return None
+                decoded = running.cameras.cameras["cam"].stats.frames_decoded
+                latest = running.store.latest("cam")
+                raw = ApiClient(running).request("GET", "/metrics")[2]
+                frames = {name: list(reader.frames) for name, reader in readers.items()}
+                unchanged = decoded == running.cameras.cameras["cam"].stats.frames_decoded
+                return (raw, latest, decoded, frames) if unchanged and settled() else None
+            raw, latest, decoded, frames = wait_for(snapshot, 20, "the subscribers to settle")
         finally:
             server.resume()
         values = metric_values(raw.decode())
@@ -225,9 +232,9 @@ def test_metrics_show_exact_counts_after_known_frames_and_drops(
     def value(name: str, **labels: str) -> float:
         return values[(name, tuple(sorted(labels.items())))]
     assert value("framebus_subscriber_frames_sent_total", subscriber="all",
-                 camera="cam") == len(readers["all"].frames)
+                 camera="cam") == len(frames["all"])
     assert value("framebus_subscriber_frames_sent_total", subscriber="limited",
-                 camera="cam") == len(readers["limited"].frames)
+                 camera="cam") == len(frames["limited"])
     limited_drops = sum(value("framebus_subscriber_frames_dropped_total", subscriber="limited",
                               camera="cam", reason=r)
                         for r in (RATE_LIMIT, SLOW_READER, SUPERSEDED)
@@ -235,12 +242,12 @@ def test_metrics_show_exact_counts_after_known_frames_and_drops(
                             (("camera", "cam"), ("reason", r), ("subscriber", "limited")))
                         in values)
     # every drop is a gap the reader saw, or a frame after its last one (rate-limited at the end)
-    tail = latest.seq - readers["limited"].frames[-1]["seq"]
-    assert limited_drops == sum(f["missed"] for f in readers["limited"].frames) + tail
+    tail = latest.seq - frames["limited"][-1]["seq"]
+    assert limited_drops == sum(f["missed"] for f in frames["limited"]) + tail
     assert limited_drops > 0
     assert value("framebus_camera_frames_decoded_total", camera="cam") == decoded
     assert value("framebus_subscriber_latency_seconds_count", subscriber="all",
-                 camera="cam") == len(readers["all"].frames)
+                 camera="cam") == len(frames["all"])
     assert value("framebus_subscriber_connected", subscriber="all", camera="cam") == 1.0
     assert ("framebus_process_resident_memory_bytes", ()) in values
 
