@@ -135,8 +135,14 @@ class Mount:
         if self.user is not None or self.password is not None:
             if self.user is None or self.password is None:
                 raise ValueError(f"mount {self.name}: user and password go together")
-            text += f",user={self.user},password={self.password}"
+            text += f",user={self.user},password_env={self.password_variable}"
         return text
+
+    @property
+    def password_variable(self) -> str:
+        """The environment variable that carries this mount's password to the server (never
+        its command line, which any local user can read in /proc/*/cmdline)."""
+        return "FRAMEBUS_RTSP_PASSWORD_" + "".join(c if c.isalnum() else "_" for c in self.name)
 
 
 class RtspServer:
@@ -198,7 +204,9 @@ class RtspServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **{
+                m.password_variable: m.password for m in self.mounts.values()
+                if m.password is not None}},
         )
         self._proc = proc
         try:

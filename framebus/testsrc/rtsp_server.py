@@ -107,7 +107,7 @@ class MountSpec:
 
 
 def parse_mount(text: str) -> MountSpec:
-    """Parse ``NAME=PATH[,codec=h264|h265][,fps=N][,user=U,password=P]``.
+    """Parse ``NAME=PATH[,codec=h264|h265][,fps=N][,user=U,password=P|password_env=VAR]``.
 
     Values cannot contain commas. Error messages never include the password.
     """
@@ -123,7 +123,7 @@ def parse_mount(text: str) -> MountSpec:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"mount {name}: option without '=' (expected key=value)")
-            if key not in ("codec", "fps", "user", "password"):
+            if key not in ("codec", "fps", "user", "password", "password_env"):
                 raise ValueError(f"mount {name}: unknown option {key!r}")
             options[key] = value
     lowered = path.lower()
@@ -139,6 +139,11 @@ def parse_mount(text: str) -> MountSpec:
         raise ValueError(f"mount {name}: fps must be in 1..240")
     user = options.get("user")
     password = options.get("password")
+    if "password_env" in options:  # keeps the secret out of /proc/*/cmdline
+        password = os.environ.get(options["password_env"])
+        if password is None:
+            raise ValueError(f"mount {name}: environment variable {options['password_env']} "
+                             "is not set")
     if (user is None) != (password is None):
         raise ValueError(f"mount {name}: user and password go together")
     if user is not None and (not user or ":" in user):
