@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framebus.errors import FifoError
-from framebus.fifo import ensure_fifo, open_writer, set_pipe_size
+from framebus.fifo import FifoMissing, ensure_fifo, open_writer, set_pipe_size
 from framebus.outbox import Outbox, Outgoing
 from framebus.store import LatestFrameStore, Payload, Rendition, StoredFrame
 from framebus.wire import encode_header
@@ -286,6 +286,14 @@ class FanoutLoop:
             sub.next_open_ns = now + self._open_retry_ns
             try:
                 fd = open_writer(sub.spec.path)
+            except FifoMissing:  # deleted under us: make it again (mkfifo does not block)
+                try:
+                    ensure_fifo(sub.spec.path, sub.spec.mode, sub.spec.group)
+                    log.warning("subscriber %s: FIFO %s was deleted; recreated",
+                                sub.spec.name, sub.spec.path, extra={"SUBSCRIBER": sub.spec.name})
+                except (FifoError, OSError) as exc:
+                    sub.error = f"{sub.spec.path}: cannot recreate: {exc}"
+                continue
             except FifoError as exc:
                 if sub.error != str(exc):
                     log.error("subscriber %s: %s", sub.spec.name, exc,

@@ -54,6 +54,10 @@ def ensure_fifo(path: Path, mode: int = 0o660, group: str | None = None) -> bool
     return False
 
 
+class FifoMissing(FifoError):
+    """The subscriber's FIFO path no longer exists (someone deleted it)."""
+
+
 def open_writer(path: Path) -> int | None:
     """Open a FIFO for writing without blocking; None while no reader has it open (ENXIO)."""
     try:
@@ -61,6 +65,8 @@ def open_writer(path: Path) -> int | None:
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             return None
+        if exc.errno == errno.ENOENT:
+            raise FifoMissing(f"{path}: deleted") from None
         if exc.errno == errno.ELOOP:
             raise FifoError(f"{path} is a symlink: refusing to follow it") from None
         raise FifoError(f"{path}: cannot open: {exc.strerror}") from None

@@ -216,3 +216,22 @@ def test_sigterm_stops_within_two_seconds_and_readers_end_at_a_boundary(
             daemon.kill()
         daemon.wait(10)
     print(f"\nMEASURED SIGTERM to exit: {stop_time:.2f}s")
+
+
+def test_a_deleted_fifo_is_recreated_for_the_next_reader(
+    rtsp_server_factory: RtspServerFactory, tmp_path: Path
+) -> None:
+    server = rtsp_server_factory([Mount("cam")])
+    subs = {"sub": {"camera": "cam", "format": "gray"}}
+    with running_daemon({"cam": {"url": server.url("cam"), **CAMERA}}, subs, tmp_path) as daemon:
+        fifo = tmp_path / "sub.fifo"
+        first = ReaderProcess(fifo)
+        first.wait_frames(3)
+        fifo.unlink()  # while the reader holds it open: it keeps receiving through its fd
+        seen = len(first.frames)
+        first.wait_frames(seen + 3)
+        first.kill()
+        wait_for(fifo.exists, 10, "the FIFO to be recreated")
+        second = ReaderProcess(fifo, "--count", "3")
+        assert second.finish(30) == 0
+        assert daemon.fanout.subscribers["sub"].connects == 2
