@@ -6,12 +6,12 @@ import threading
 import time
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from framebus.camera import redact_url
-from framebus.config import PixelFormatName, SubscriberConfig
+from framebus.config import PixelFormatName, SubscriberConfig, parse_mode
 from framebus.control import ApiError, Reply, json_reply, validation_detail
 from framebus.errors import FifoError
 from framebus.fifo import FifoRefused, NoReader, check_allowed_path, open_requested_fifo
@@ -23,22 +23,33 @@ if TYPE_CHECKING:
     from framebus.daemon import Daemon
 
 
+def _octal_string(value: object) -> int:
+    if not isinstance(value, str):
+        raise ValueError("expected an octal string like \"0660\"")
+    return parse_mode(value)
+
+
 class FifoRequest(BaseModel):
     """Body of POST /v1/cameras/{name}/snapshot-to-fifo."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     fifo: Path
     format: PixelFormatName = "bgr24"
-    width: int | None = Field(None, ge=1, le=32768)
-    height: int | None = Field(None, ge=1, le=32768)
+    width: int | None = Field(None, ge=1, le=8192)
+    height: int | None = Field(None, ge=1, le=8192)
     quality: int = Field(85, ge=1, le=100)
     timeout: float | None = Field(None, gt=0, le=60)
 
 
 class SubscriptionRequest(SubscriberConfig):
-    """Body of POST /v1/subscriptions: a subscriber's options plus its name."""
+    """Body of POST /v1/subscriptions: a subscriber's options plus its name. ``mode`` must be
+    an octal string ("0660"): a JSON number would silently be read as decimal."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    mode: Annotated[int, BeforeValidator(_octal_string)] = 0o660
+
+
+MAX_SNAPSHOT_SIDE = 8192  # a request must not make the daemon convert gigabytes
 
 
 def _int(query: dict[str, str], key: str, low: int, high: int) -> int | None:
@@ -130,8 +141,8 @@ class Handlers:
 
     def snapshot(self, query: dict[str, str], name: str, kind: str) -> Reply:
         """GET /v1/cameras/{name}/snapshot.jpg|png: the newest frame as an image."""
-        width = _int(query, "width", 1, 32768)
-        height = _int(query, "height", 1, 32768)
+        width = _int(query, "width", 1, MAX_SNAPSHOT_SIDE)
+        height = _int(query, "height", 1, MAX_SNAPSHOT_SIDE)
         quality = _int(query, "quality", 1, 100) or 85
         frame = self._frame(name, query)
         if kind == "jpg":  # shared with any subscriber wanting the same: converted once
@@ -222,16 +233,16 @@ class Handlers:
         if request.camera not in self.daemon.config.cameras:
             raise ApiError(HTTPStatus.NOT_FOUND, "unknown_camera",
                            f"no camera named {request.camera!r}")
-        if request.name in self.daemon.config.subscribers or request.name in self.daemon.dynamic:
-            raise ApiError(HTTPStatus.CONFLICT, "exists",
-                           f"a subscription named {request.name!r} exists")
         config = SubscriberConfig.model_validate(request.model_dump(exclude={"name"}))
         path = config.fifo or self.daemon.config.fifo_dir / f"{request.name}.fifo"
         try:
             check_allowed_path(path, self.daemon.allowed_fifo_dirs())
-            self.daemon.add_dynamic(request.name, config)
+            added = self.daemon.add_dynamic(request.name, config)
         except FifoError as exc:
             raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused", str(exc)) from None
+        if not added:
+            raise ApiError(HTTPStatus.CONFLICT, "exists",
+                           f"a subscription named {request.name!r} exists")
         return json_reply(self.subscription_status(request.name), HTTPStatus.CREATED)
 
     def delete_subscription(self, _query: dict[str, str], name: str) -> Reply:

@@ -217,7 +217,9 @@ class Camera:
             # PyAV's read timeout sits past the stall deadline on purpose: when it interrupts a
             # read, the RTSP demuxer hands out a stale buffered frame, which would hide the
             # stall from the watchdog. The watchdog detects; this only unblocks the thread.
-            container = av.open(self._open_url, options=self._options(),
+            lavfi = self._open_url.startswith("lavfi:")  # an FFmpeg filter graph as a source
+            container = av.open(self._open_url.removeprefix("lavfi:"), options=self._options(),
+                                format="lavfi" if lavfi else None,
                                 timeout=(cfg.open_timeout, cfg.stall_timeout + cfg.read_timeout),
                                 hwaccel=self._hwaccel())
             if not self._current(generation):

@@ -334,7 +334,8 @@ def request_frame(
     """
     directory = Path(fifo_dir or os.environ.get("FRAMEBUS_FIFO_DIR", "/run/framebus"))
     path = directory / f"request-{os.getpid()}-{secrets.token_hex(6)}.fifo"
-    os.mkfifo(path, 0o620)  # the daemon (group) may write; only we may read
+    os.mkfifo(path, 0o620)
+    os.chmod(path, 0o620)  # the daemon (group) may write, only we read: whatever the umask
     try:
         with Subscriber(path, timeout=timeout) as sub:
             sub.open()

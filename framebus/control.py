@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -77,11 +78,28 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
     def _dispatch(self, method: str) -> None:
         try:
-            reply = self.server.api.handle(method, self.path, self.headers, self._body)
+            # read the body before anything can refuse the request: left unread on a kept-alive
+            # connection, it would be parsed as the next request
+            body = self._body()
+            reply = self.server.api.handle(method, self.path, self.headers, lambda: body)
         except ApiError as exc:
             reply = json_reply({"error": exc.error, "detail": exc.detail}, exc.status)
+            if exc.status == HTTPStatus.UNAUTHORIZED:
+                reply[1]["WWW-Authenticate"] = 'Bearer realm="framebus"'
         except Exception:  # a bug must not become a traceback on the wire
             log.exception("http: %s %s failed", method, urlsplit(self.path).path)
             reply = json_reply({"error": "internal", "detail": "internal error (logged)"},
@@ -134,6 +152,7 @@ class UnixControlServer(ThreadingMixIn, UnixStreamServer):
         self.api = api
         path.unlink(missing_ok=True)
         super().__init__(str(path), Handler)
+        os.chmod(path, 0o660)  # the owner and its group may connect, whatever the umask
 
     def get_request(self) -> tuple[socket.socket, Any]:
         request, _ = self.socket.accept()

@@ -83,13 +83,17 @@ class Daemon:
         """Directories the HTTP API may write FIFOs in: fifo_dir plus the configured ones."""
         return [self.config.fifo_dir, *self.config.http.allowed_fifo_dirs]
 
-    def add_dynamic(self, name: str, sub: SubscriberConfig) -> None:
-        """A run-time subscription (FifoError if its FIFO path is unsafe)."""
+    def add_dynamic(self, name: str, sub: SubscriberConfig) -> bool:
+        """A run-time subscription; False if the name is taken (FifoError if the path is
+        unsafe). The check and the add happen under one lock: two requests cannot both win."""
         spec = self._spec(self.config, name, sub)
         with self._lock:
+            if name in self.config.subscribers or name in self.dynamic:
+                return False
             self.fanout.add(spec)
             self._specs[name] = spec
             self.dynamic[name] = sub
+        return True
 
     def remove_dynamic(self, name: str) -> None:
         """Forget a run-time subscription."""

@@ -86,7 +86,9 @@ def demo_config(server: RtspServer, fifo_dir: Path) -> dict[str, Any]:
         if sub.width is not None:
             entry["width"] = sub.width
         subscribers[sub.name] = entry
-    return {"fifo_dir": str(fifo_dir), "cameras": cameras, "subscribers": subscribers}
+    # a free port: the demo must not clash with a framebus service on the default 8470
+    return {"fifo_dir": str(fifo_dir), "cameras": cameras, "subscribers": subscribers,
+            "http": {"listen": "127.0.0.1:0"}}
 
 
 class _Interrupted(Exception):

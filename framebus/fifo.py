@@ -39,15 +39,19 @@ def ensure_fifo(path: Path, mode: int = 0o660, group: str | None = None) -> bool
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.mkfifo(path, mode)
-        os.chmod(path, mode)  # mkfifo's mode is filtered by the umask
-        if group is not None:
-            try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkfifo(path, mode)
+            os.chmod(path, mode)  # mkfifo's mode is filtered by the umask
+            if group is not None:
                 os.chown(path, -1, grp.getgrnam(group).gr_gid)
-            except KeyError:
-                raise FifoError(f"{path}: group {group!r} does not exist") from None
+        except KeyError:
+            raise FifoError(f"{path}: group {group!r} does not exist") from None
+        except OSError as exc:  # read-only file system, permissions, a file as parent ...
+            raise FifoError(f"{path}: cannot create the FIFO: {exc.strerror}") from None
         return True
+    except OSError as exc:
+        raise FifoError(f"{path}: cannot inspect: {exc.strerror}") from None
     if not stat.S_ISFIFO(info.st_mode):
         raise FifoError(f"{path} exists and is {describe_kind(info.st_mode)}, not a FIFO: "
                         "refusing to touch it")

@@ -6,10 +6,13 @@ runs the same in a terminal.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import systemd.daemon as sd_daemon
+
+log = logging.getLogger("framebus.sdnotify")
 
 
 class Notifier:
@@ -23,6 +26,7 @@ class Notifier:
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and for_us and self.enabled else 0.0
         self._next_ping = 0.0
         self._started = False  # systemd arms the watchdog once start-up completed (READY=1)
+        self._failed = False
 
     @property
     def ping_interval_s(self) -> float:
@@ -31,8 +35,14 @@ class Notifier:
         return self.watchdog_s / 5 if self.watchdog_s else 0.0
 
     def _send(self, message: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             sd_daemon.notify(message)
+        except OSError as exc:  # like C sd_notify callers: the manager's absence is not fatal
+            if not self._failed:
+                self._failed = True
+                log.warning("sd_notify failed (%s); continuing without it", exc.strerror)
 
     def ready(self, status: str) -> None:
         """Start-up (or a reload) finished."""

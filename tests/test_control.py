@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -273,3 +274,69 @@ def test_frame_request_errors_come_back_as_exceptions(daemon: Daemon) -> None:
     with pytest.raises(FrameRequestError) as info:
         request_frame("nope", url=api.url, fifo_dir=daemon.config.fifo_dir, timeout=2)
     assert info.value.status == 404 and info.value.error == "unknown_camera"
+
+
+def test_a_refused_request_body_is_never_run_as_a_second_request(daemon: Daemon) -> None:
+    api = ApiClient(daemon)
+    smuggled = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = (b"POST /v1/nothing HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+               % len(smuggled)) + smuggled
+    with socket.create_connection((api.host, api.port), timeout=5) as conn:
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)  # the server answers what it has, then closes
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"404 Not Found" in answer
+    assert b"framebus_camera" not in answer
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PUT", "PATCH", "OPTIONS"])
+def test_other_methods_get_a_json_405(daemon: Daemon, method: str) -> None:
+    status, headers, raw = ApiClient(daemon).request(method, "/v1/cameras")
+    assert status == 405 and headers["Content-Type"] == "application/json"
+    if method != "HEAD":
+        assert b"method_not_allowed" in raw
+
+
+def test_unauthorised_answers_name_the_scheme(server: RtspServer, tmp_path: Path) -> None:
+    with running_daemon({"cam": {"url": server.url("cam")}}, {}, tmp_path,
+                        http={**HTTP, "token": "abc"}) as running:
+        status, headers, _ = ApiClient(running).request("GET", "/v1/cameras")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_an_uncreatable_fifo_disturbs_nobody(server: RtspServer, tmp_path: Path) -> None:
+    fifo_dir = tmp_path / "fifos"
+    fifo_dir.mkdir()
+    (fifo_dir / "plain").write_text("a file where a directory should be")
+    subs = {"bad": {"camera": "cam", "fifo": str(fifo_dir / "plain" / "x.fifo")},
+            "good": {"camera": "cam", "format": "gray"}}
+    with running_daemon({"cam": {"url": server.url("cam"), "idle_decode": "all"}}, subs,
+                        fifo_dir, http=HTTP) as running:
+        assert "x.fifo: cannot inspect: Not a directory" in running.subscriber_errors["bad"]
+        reader = ReaderProcess(fifo_dir / "good.fifo", "--count", "2")
+        assert reader.finish(30) == 0
+        status, body = ApiClient(running).json("POST", "/v1/subscriptions", {
+            "name": "dyn", "camera": "cam", "fifo": str(fifo_dir / "plain" / "y.fifo")})
+        assert (status, body["error"]) == (403, "fifo_refused")
+
+
+def test_api_modes_are_octal_strings(daemon: Daemon) -> None:
+    api = ApiClient(daemon)
+    status, body = api.json("POST", "/v1/subscriptions", {"name": "m1", "camera": "cam",
+                                                          "mode": 440})
+    assert status == 400 and body["detail"].startswith("mode:")
+    status, body = api.json("POST", "/v1/subscriptions", {"name": "m2", "camera": "cam",
+                                                          "mode": "0640"})
+    assert status == 201
+    assert (daemon.config.fifo_dir / "m2.fifo").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_lavfi_source_streams(tmp_path: Path) -> None:
+    with running_daemon({"gen": {"url": "lavfi:testsrc2=size=160x120:rate=25,realtime",
+                                 "idle_decode": "all"}}, {}, tmp_path) as running:
+        wait_for(lambda: running.cameras.cameras["gen"].stats.frames_decoded >= 10, 20,
+                 "frames from the lavfi source")
+        frame = running.store.latest("gen")
+        assert frame is not None and (frame.width, frame.height) == (160, 120)
