@@ -36,9 +36,11 @@ log = logging.getLogger("framebus.control")
 class ApiError(FramebusError):
     """An error answer: HTTP status, short code and a detail for humans."""
 
-    def __init__(self, status: HTTPStatus, error: str, detail: str) -> None:
+    def __init__(self, status: HTTPStatus, error: str, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail = status, error, detail
+        self.headers = headers or {}
 
 
 Reply = tuple[HTTPStatus, dict[str, str], bytes]
@@ -78,17 +80,28 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        # every other method (HEAD, PUT, TRACE, ...) gets a JSON 405 from the router, not the
+        # standard library's HTML 501 page
+        if name.startswith("do_") and name[3:].isalpha() and name[3:].isupper():
+            return lambda: self._dispatch(name[3:])
+        raise AttributeError(name)
 
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_OPTIONS(self) -> None:
-        self._dispatch("OPTIONS")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """Errors the standard library detects itself (a bad request line, headers too long)
+        get the same JSON body as ours."""
+        status = HTTPStatus(code)
+        body = json.dumps({"error": status.phrase.lower().replace(" ", "_"),
+                           "detail": message or status.description}).encode()
+        self.close_connection = True
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
 
     def _dispatch(self, method: str) -> None:
         try:
@@ -98,6 +111,7 @@ class Handler(BaseHTTPRequestHandler):
             reply = self.server.api.handle(method, self.path, self.headers, lambda: body)
         except ApiError as exc:
             reply = json_reply({"error": exc.error, "detail": exc.detail}, exc.status)
+            reply[1].update(exc.headers)
             if exc.status == HTTPStatus.UNAUTHORIZED:
                 reply[1]["WWW-Authenticate"] = 'Bearer realm="framebus"'
         except Exception:  # a bug must not become a traceback on the wire
@@ -202,7 +216,8 @@ class Api:
             return func(query, **args)
         if allowed:
             raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
-                           f"{method} not allowed on {parts.path} (use {', '.join(allowed)})")
+                           f"{method} not allowed on {parts.path} (use {', '.join(allowed)})",
+                           {"Allow": ", ".join(allowed)})
         raise ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no such endpoint: {parts.path}")
 
     def _authorise(self, headers: Any) -> None:
