@@ -33,7 +33,7 @@ from framebus.errors import FifoError
 from framebus.fifo import FifoMissing, ensure_fifo, open_writer, set_pipe_size
 from framebus.outbox import Outbox, Outgoing
 from framebus.store import LatestFrameStore, Payload, Rendition, StoredFrame
-from framebus.wire import encode_header
+from framebus.wire import FrameHeader, encode_header
 
 log = logging.getLogger("framebus.fanout")
 
@@ -79,7 +79,7 @@ class Subscriber:
         self.spec = spec
         self.fd = -1
         self.mask = 0
-        self.outbox: Outbox[StoredFrame] = Outbox(spec.max_fps)
+        self.outbox: Outbox[Sending] = Outbox(spec.max_fps)
         self.pipe_size = 0
         self.connects = 0
         self.disconnects = 0
@@ -165,8 +165,7 @@ class FanoutLoop:
         self._by_fd[sub.fd] = sub
         self._epoll.register(sub.fd, 0)
         self._retiring.append(sub)
-        encode = functools.partial(_encode, frame, payload)
-        sub.outbox.offer(Outgoing(frame.seq, frame, encode), time.monotonic_ns())
+        sub.outbox.offer(_outgoing(frame, payload), time.monotonic_ns())
         self._flush(sub)
 
     def stop(self, drain_s: float = 1.0) -> None:
@@ -250,8 +249,7 @@ class FanoutLoop:
             return
         superseded = frame.seq - sub.last_offered_seq - 1 if sub.last_offered_seq else 0
         sub.last_offered_seq = frame.seq
-        encode = functools.partial(_encode, frame, payload)
-        sub.outbox.offer(Outgoing(frame.seq, frame, encode), now, superseded)
+        sub.outbox.offer(_outgoing(frame, payload), now, superseded)
         self._flush(sub)
 
     def _flush(self, sub: Subscriber) -> None:
@@ -264,8 +262,8 @@ class FanoutLoop:
             except OSError:  # EPIPE: the reader left (SIGPIPE is ignored by the daemon)
                 self._reader_left(sub)
                 return
-            if outbox.wrote(written) and (frame := outbox.last_completed) is not None:
-                sub.latency.observe((time.monotonic_ns() - frame.publish_mono_ns) / 1e9)
+            if outbox.wrote(written) and (done := outbox.last_completed) is not None:
+                sub.latency.observe((time.monotonic_ns() - done.publish_mono_ns) / 1e9)
         if sub.retiring and not outbox.has_bytes:
             self._close(sub)  # the reaper forgets it on its next pass
             return
@@ -363,6 +361,31 @@ class FanoutLoop:
                 self._retiring.remove(sub)
 
 
-def _encode(frame: StoredFrame, payload: Payload, missed: int) -> list[memoryview]:
-    header = encode_header(frame.header_for(payload), payload.nbytes, missed)
-    return [memoryview(header), *payload.buffers]
+@dataclass(frozen=True, slots=True)
+class Sending:
+    """What a subscriber's outbox keeps alive: one rendition's buffers and its header, not
+    the decoded frame with every other rendition, so a stalled reader pins exactly its own
+    two frames."""
+
+    header: FrameHeader
+    payload: Payload
+
+    @property
+    def seq(self) -> int:
+        """The frame's sequence number."""
+        return self.header.seq
+
+    @property
+    def publish_mono_ns(self) -> int:
+        """When the frame was published (for the latency histogram)."""
+        return self.header.publish_mono_ns
+
+    def encode(self, missed: int) -> list[memoryview]:
+        """[header bytes, *payload buffers] for writev, with this subscriber's ``missed``."""
+        header = encode_header(self.header, self.payload.nbytes, missed)
+        return [memoryview(header), *self.payload.buffers]
+
+
+def _outgoing(frame: StoredFrame, payload: Payload) -> Outgoing[Sending]:
+    sending = Sending(frame.header_for(payload), payload)
+    return Outgoing(frame.seq, sending, sending.encode)
