@@ -33,3 +33,19 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+
+# `make bench` runs every benchmark (about 6 minutes on 2 cores; each is bounded to 2 minutes),
+# `make bench BENCH=fanout` one of them; BENCH_ARGS=--profile adds py-spy profiles of the
+# fan-out and daemon hot paths (pip install py-spy). See README, "Benchmarks".
+BENCH ?=
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.framebus-bench-installed
+
+.PHONY: bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(PY) -m bench.run $(BENCH) $(BENCH_ARGS)

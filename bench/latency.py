@@ -1,0 +1,180 @@
+"""Benchmark 2, latency: publish to consumer-has-the-whole-frame.
+
+framebus: 8 synthetic cameras at 25 fps (one paced publisher thread each, phases spread over
+the frame period as independent cameras would be), 4 subscribers per camera (32 reader
+processes, framebus.client), 1280x720 bgr24. Latency is ``Frame.latency_ns``: the reader's
+CLOCK_MONOTONIC when the last byte arrived minus the header's ``publish_mono_ns`` (the moment
+the store made the frame the newest).
+
+Baseline, same run: one Python thread writing the same frames at 25 fps with one blocking
+``os.writev([stamp, frame])`` into one FIFO (1 MiB pipe), one reader process with blocking
+``os.readv``; latency is read time minus the writer's stamp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+
+from bench.common import (
+    BenchResult,
+    Children,
+    Context,
+    Recorder,
+    Samples,
+    collect,
+    fb_reader,
+    fmt,
+    info,
+    measure,
+    percentile,
+    value_check,
+    wait_first,
+)
+from bench.synthetic import PacedPublisher, frame_bytes, make_frames
+from framebus.fanout import FanoutLoop, SubscriberSpec
+from framebus.store import LatestFrameStore, Rendition
+from framebus.wire import PixelFormat
+
+CAMERAS = 8
+SUBSCRIBERS_PER_CAMERA = 4
+FPS = 25.0
+WIDTH, HEIGHT = 1280, 720
+WINDOW_S = 20.0
+BASELINE_WINDOW_S = 8.0
+WARMUP_S = 1.0
+
+
+def _stats(latencies_ns: list[int]) -> dict[str, float]:
+    ms = [v / 1e6 for v in latencies_ns]
+    return {"p50": percentile(ms, 50), "p99": percentile(ms, 99),
+            "max": max(ms) if ms else float("nan"), "count": float(len(ms))}
+
+
+def run_framebus(ctx: Context) -> tuple[list[Samples], float, int]:
+    """8 paced cameras, 32 readers; returns the windowed samples, window length, late publishes."""
+    frames = make_frames(WIDTH, HEIGHT)
+    store = LatestFrameStore()
+    loop = FanoutLoop(store)
+    rendition = Rendition(PixelFormat.BGR24)
+    paths = {}
+    for c in range(CAMERAS):
+        for s in range(SUBSCRIBERS_PER_CAMERA):
+            name = f"c{c}s{s}"
+            paths[name] = ctx.workdir / f"lat-{name}.fifo"
+            loop.add(SubscriberSpec(name, f"cam{c}", rendition, paths[name]))
+    publishers = [PacedPublisher(store, f"cam{c}", frames, FPS, phase_s=c / FPS / CAMERAS)
+                  for c in range(CAMERAS)]
+    children = Children()
+    try:
+        loop.start()
+        for publisher in publishers:
+            publisher.start()
+        recorders = [fb_reader(children, name, path) for name, path in paths.items()]
+        wait_first(recorders, 30)
+        time.sleep(WARMUP_S)
+        late0 = sum(p.late for p in publishers)
+        window = measure(ctx.seconds(WINDOW_S))
+        late = sum(p.late for p in publishers) - late0
+        samples = [s.window(window.t0, window.t1) for s in collect(recorders)]
+        return samples, window.seconds, late
+    finally:
+        children.close()
+        for publisher in publishers:
+            publisher.stop()
+        loop.stop(drain_s=0.2)
+        for path in paths.values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def run_bare(ctx: Context) -> Samples:
+    """One paced blocking writer, one FIFO, one reader; the writer stamps each frame."""
+    payloads = [frame_bytes(f) for f in make_frames(WIDTH, HEIGHT)]
+    path = ctx.workdir / "lat-bare.fifo"
+    os.mkfifo(path)
+    stop = threading.Event()
+
+    def writer() -> None:
+        fd = -1
+        deadline = time.monotonic() + 20
+        try:
+            while fd < 0 and not stop.is_set():
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.01)
+            if fd < 0:
+                return
+            os.set_blocking(fd, True)
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+            period = int(1e9 / FPS)
+            due = time.monotonic_ns()
+            n = 0
+            while not stop.is_set():
+                now = time.monotonic_ns()
+                if now < due:
+                    stop.wait((due - now) / 1e9)
+                    continue
+                stamp = time.monotonic_ns().to_bytes(8, "little")
+                os.writev(fd, [stamp, payloads[n % 2]])
+                n += 1
+                due = max(due + period, now)
+        except BrokenPipeError:
+            pass
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    thread = threading.Thread(target=writer, name="bare-writer", daemon=True)
+    children = Children()
+    try:
+        thread.start()
+        recorder = Recorder(children, "bare", ["raw", str(path), "--frame-bytes",
+                                               str(8 + len(payloads[0])), "--stamped"])
+        wait_first([recorder], 20)
+        time.sleep(WARMUP_S)
+        window = measure(ctx.seconds(BASELINE_WINDOW_S))
+        return collect([recorder])[0].window(window.t0, window.t1)
+    finally:
+        stop.set()
+        children.close()
+        thread.join(5)
+        path.unlink()
+
+
+def run(ctx: Context) -> BenchResult:
+    """framebus latency percentiles against the bare FIFO's."""
+    result = BenchResult("latency", "Latency, 8 cameras x 25 fps x 4 subscribers, 720p bgr24")
+    bare = run_bare(ctx)
+    samples, seconds, late = run_framebus(ctx)
+    fb_lat = [v for s in samples for v in s.latency]
+    fb, base = _stats(fb_lat), _stats(bare.latency)
+    delivered = sum(s.frames for s in samples) / max(1, sum(s.expected() for s in samples))
+    result.table.append(["transport", "frames", "p50 ms", "p99 ms", "max ms"])
+    result.table.append(["framebus (8 cams x 4 subs)", str(len(fb_lat)), fmt(fb["p50"], 3),
+                         fmt(fb["p99"], 3), fmt(fb["max"], 3)])
+    result.table.append(["bare FIFO (1 writer, 1 reader)", str(len(bare.latency)),
+                         fmt(base["p50"], 3), fmt(base["p99"], 3), fmt(base["max"], 3)])
+    result.checks.append(value_check("p50 latency", fb["p50"], "ms", "<=", 1.0, base["p50"],
+                                     "bare FIFO p50"))
+    result.checks.append(value_check("p99 latency", fb["p99"], "ms", "<=", 5.0, base["p99"],
+                                     "bare FIFO p99"))
+    result.checks.append(info("max latency", fb["max"], "ms", base["max"], "bare FIFO max"))
+    result.checks.append(info("frames delivered to the 32 readers", delivered * 100, "%"))
+    result.details = {"framebus_ms": fb, "bare_fifo_ms": base, "delivered": delivered,
+                      "late_publishes": late, "window_s": seconds,
+                      "frame_bytes": WIDTH * HEIGHT * 3,
+                      "aggregate_gbps": sum(s.bytes for s in samples) / seconds / 1e9}
+    result.notes.append(f"{ctx.seconds(WINDOW_S):g} s window (baseline "
+                        f"{ctx.seconds(BASELINE_WINDOW_S):g} s); {late} publishes ran late; "
+                        f"{delivered * 100:.2f}% of published frames reached every reader; "
+                        f"aggregate {result.details['aggregate_gbps']:.2f} GB/s.")
+    result.plots["latency_ms"] = {"framebus": [v / 1e6 for v in fb_lat],
+                                  "bare FIFO": [v / 1e6 for v in bare.latency]}
+    return result
