@@ -335,19 +335,36 @@ class FanoutLoop:
 
     def _add(self, sub: Subscriber) -> None:
         old = self.subscribers.get(sub.spec.name)
-        if old is not None:
-            self._remove(old.spec.name)
+        if old is not None:  # changed options: keep the reader connected through the change
+            self._remove(old.spec.name, keep_open=old.spec.path == sub.spec.path)
         self.subscribers[sub.spec.name] = sub
         self._by_camera.setdefault(sub.spec.camera, []).append(sub)
+        self._adopt(sub)
 
-    def _remove(self, name: str) -> None:
+    def _adopt(self, sub: Subscriber) -> None:
+        """Take over the open FIFO of a retiring subscriber on the same path (a reload that
+        changed its options, or a DELETE then POST): its in-flight message finishes first and
+        the reader stays connected. Opening the path again instead would put a second writer
+        into the same pipe, between the halves of a message: a torn frame."""
+        for old in self._retiring:
+            if old.spec.path == sub.spec.path and old.connected and old.on_closed is None:
+                self._retiring.remove(old)
+                sub.fd, sub.mask, sub.pipe_size = old.fd, old.mask, old.pipe_size
+                sub.connects = 1
+                self._by_fd[sub.fd] = sub
+                old.outbox.retarget(sub.spec.max_fps)
+                sub.outbox = old.outbox  # the in-flight message continues, counts carry on
+                old.fd = -1
+                return
+
+    def _remove(self, name: str, keep_open: bool = False) -> None:
         sub = self.subscribers.pop(name, None)
         if sub is None:
             return
         self._by_camera[sub.spec.camera].remove(sub)
         self.store.unwant(sub.spec.camera, sub.spec.rendition)
         sub.outbox.drop_pending()
-        if sub.connected and sub.outbox.has_bytes:  # never cut a message: finish it first
+        if sub.connected and (sub.outbox.has_bytes or keep_open):  # never cut a message
             sub.retiring = True
             sub.retire_deadline_ns = time.monotonic_ns() + RETIRE_S * 1_000_000_000
             self._retiring.append(sub)

@@ -152,6 +152,10 @@ class Outbox(Generic[T]):
         self._chunks, self._in_flight, self._pending = [], None, None
         self._last_seq = None
 
+    def retarget(self, max_fps: float | None) -> None:
+        """The subscriber's options changed: new frames follow the new rate limit."""
+        self._limiter = RateLimiter(max_fps)
+
     def drop_pending(self) -> None:
         """Shutting down: forget the frame not yet begun (the in-flight one still finishes)."""
         if self._pending is not None:
