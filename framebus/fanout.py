@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framebus.errors import FifoError
-from framebus.fifo import FifoMissing, ensure_fifo, open_writer, set_pipe_size
+from framebus.fifo import FifoMissing, ensure_fifo, open_writer, set_pipe_size, unread_bytes
 from framebus.outbox import Outbox, Outgoing
 from framebus.store import LatestFrameStore, Payload, Rendition, StoredFrame
 from framebus.wire import FrameHeader, encode_header
@@ -299,6 +299,12 @@ class FanoutLoop:
                 sub.error = str(exc)
                 continue
             if fd is None:
+                continue
+            if unread_bytes(fd):
+                # A reader that reopened before we noticed it leave joined the old pipe, which
+                # still holds part of a message: writing now would splice. Close, so it sees
+                # that part end in EOF (a truncated message its client drops), and retry.
+                os.close(fd)
                 continue
             sub.error = ""
             sub.fd, sub.mask = fd, 0

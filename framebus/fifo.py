@@ -8,11 +8,13 @@ check and the open.
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import grp
 import os
 import stat
+import termios
 from pathlib import Path
 
 from framebus.errors import FifoError
@@ -79,6 +81,13 @@ def open_writer(path: Path) -> int | None:
         os.close(fd)
         raise FifoError(f"{path} is {describe_kind(mode)}, not a FIFO: refusing to write")
     return fd
+
+
+def unread_bytes(fd: int) -> int:
+    """Bytes sitting in the pipe behind ``fd`` (FIONREAD works on either end)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]
 
 
 def pipe_max_size() -> int:
