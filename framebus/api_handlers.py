@@ -15,7 +15,7 @@ from framebus.config import PixelFormatName, SubscriberConfig, parse_mode
 from framebus.control import ApiError, Reply, json_reply, validation_detail
 from framebus.errors import FifoError
 from framebus.fifo import FifoRefused, NoReader, check_allowed_path, open_requested_fifo
-from framebus.imaging import encode_image
+from framebus.imaging import convert, encode_image
 from framebus.store import Rendition, StoredFrame
 from framebus.wire import PixelFormat
 
@@ -151,7 +151,7 @@ class Handlers:
             body, content_type = bytes(payload.buffers[0]), "image/jpeg"
         else:
             w, h = Rendition(PixelFormat.RGB24, width, height).size_for(frame.width, frame.height)
-            body = encode_image(frame.frame.reformat(width=w, height=h), "png")
+            body = encode_image(convert(frame.frame, w, h), "png")
             content_type = "image/png"
         age = (time.monotonic_ns() - frame.publish_mono_ns) / 1e9
         headers = {"Content-Type": content_type, "Age": str(int(age)),

@@ -33,6 +33,20 @@ def jpeg_qscale(quality: int) -> int:
     return round(2 + (100 - quality) * 29 / 99)
 
 
+def convert(frame: av.VideoFrame, width: int | None = None, height: int | None = None,
+            format: str | None = None) -> av.VideoFrame:
+    """``frame.reformat()`` in the calling thread, without swscale's thread pool.
+
+    PyAV (>= 17) lets swscale pick its own thread count, and keeps the scaler, with its pool of
+    worker threads, on the *source* frame for as long as that frame lives. The daemon converts
+    every decoded frame once per wanted rendition, in that camera's decoder thread: a pool per
+    frame cost 2-8x more time than converting in place (0.19 vs 1.46 ms for two renditions of
+    a 640x360 frame on 2 cores) and left 2 idle threads behind for every stored frame.
+    Parallelism comes from one decoder thread per camera instead.
+    """
+    return frame.reformat(width=width, height=height, format=format, threads=1)
+
+
 def to_video_frame(header: FrameHeader, payload: memoryview | bytes) -> av.VideoFrame:
     """Copy a raw payload (honouring its plane offsets and strides) into a PyAV frame."""
     if header.format is PixelFormat.JPEG:
@@ -71,6 +85,6 @@ def encode_image(frame: av.VideoFrame, kind: ImageKind, quality: int = 85) -> by
     codec.pix_fmt = pix_fmt
     codec.time_base = Fraction(1, 25)
     codec.options = options
-    packets = codec.encode(frame.reformat(format=pix_fmt))
+    packets = codec.encode(convert(frame, format=pix_fmt))
     packets += codec.encode(None)
     return b"".join(bytes(packet) for packet in packets)

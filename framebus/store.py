@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import av
 
-from framebus.imaging import encode_image
+from framebus.imaging import convert, encode_image
 from framebus.wire import CaptureSource, Flags, FrameHeader, PixelFormat, Plane
 
 AV_FORMAT = {
@@ -115,13 +115,13 @@ def render(frame: av.VideoFrame, rendition: Rendition) -> tuple[Payload, bool]:
     """Make one rendition of a frame; the flag says whether a conversion was needed."""
     width, height = rendition.size_for(frame.width, frame.height)
     if rendition.format is PixelFormat.JPEG:
-        scaled = frame if (width, height) == (frame.width, frame.height) else frame.reformat(
-            width=width, height=height)
+        scaled = frame if (width, height) == (frame.width, frame.height) else convert(
+            frame, width, height)
         data = memoryview(encode_image(scaled, "jpeg", rendition.quality))
         return Payload(PixelFormat.JPEG, width, height, (data,), (Plane(0, 0),), len(data)), True
     name = AV_FORMAT[rendition.format]
     converted = (width, height) != (frame.width, frame.height) or frame.format.name != name
-    out = frame.reformat(width=width, height=height, format=name) if converted else frame
+    out = convert(frame, width, height, name) if converted else frame
     buffers, planes, offset = [], [], 0
     for plane in out.planes:
         buffers.append(memoryview(plane).cast("B"))
