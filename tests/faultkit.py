@@ -31,7 +31,8 @@ from waiting import wait_for
 
 CHECKED_READER = Path(__file__).resolve().parent / "checked_reader.py"
 STREAMING = "streaming"
-TORN_KEYS = ("truncated", "protocol_errors", "seq_errors", "spliced")
+# what a reader must never get: a message not at a boundary, a spliced one, a seq jump
+TORN_KEYS = ("protocol_errors", "seq_errors", "spliced")
 
 
 # -- the daemon as a process ----------------------------------------------------------------------
@@ -224,9 +225,14 @@ class CheckedReader:
 
     @property
     def torn(self) -> int:
-        """Truncated + protocol errors + seq errors + spliced messages (after stop())."""
+        """Protocol errors + seq errors + spliced messages (after stop())."""
         s = self.summary or {}
         return sum(int(s.get(key, 0)) for key in TORN_KEYS)
+
+    @property
+    def truncated(self) -> int:
+        """Messages cut short by EOF, which the client dropped (after stop())."""
+        return int((self.summary or {}).get("truncated", 0))
 
 
 # -- the rig --------------------------------------------------------------------------------------
@@ -396,6 +402,7 @@ class Scenario:
     watched: list[Watched] = field(default_factory=list)
     window_start_ns: int = 0
     window_end_ns: int = 0
+    truncated: int = 0  # messages cut short by EOF over all readers (set by stop_readers)
 
     def subscribe(self, camera: str, **options: Any) -> tuple[str, Path]:
         """A subscription removed at the end of the scenario."""
@@ -437,17 +444,24 @@ class Scenario:
 
 
 
-    def stop_readers(self) -> int:
-        """Stop every reader; returns the torn-frame count over all of them."""
+    def stop_readers(self, allow_truncated: bool = False) -> int:
+        """Stop every reader; returns the torn-frame count over all of them. A message cut
+        short by EOF is dropped by the client, never delivered; it is still a failure unless
+        ``allow_truncated`` (the daemon stays up in every fault here, so no message should be
+        left unfinished)."""
         for reader in self.readers:
             if reader.summary is None:
                 reader.stop()
+        self.truncated = sum(r.truncated for r in self.readers)
+        assert allow_truncated or self.truncated == 0, {
+            r.fifo.name: r.summary for r in self.readers if r.truncated}
         return sum(r.torn for r in self.readers)
 
     def details(self) -> dict[str, Any]:
         """What to record besides the headline numbers: the unaffected subscribers' drops (by
         reason) and the errors of any reader that saw a torn frame."""
         return {"unaffected_drops": {w.name: w.dropped for w in self.watched},
+                "truncated": self.truncated,
                 "reader_errors": {r.fifo.name: (r.summary or {}).get("errors", [])
                                   for r in self.readers if r.torn}}
 
