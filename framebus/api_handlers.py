@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from http import HTTPStatus
@@ -64,6 +65,19 @@ def _int(query: dict[str, str], key: str, low: int, high: int) -> int | None:
     return value
 
 
+def _max_age(query: dict[str, str]) -> float | None:
+    if "max_age" not in query:
+        return None
+    try:
+        value = float(query["max_age"])
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:  # also refuses nan, which would compare false to any age
+        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query",
+                       "max_age: expected a finite number of seconds >= 0")
+    return value
+
+
 def _no_subscription(name: str) -> ApiError:
     return ApiError(HTTPStatus.NOT_FOUND, "unknown_subscription", f"no subscription {name!r}")
 
@@ -109,12 +123,14 @@ class Handlers:
         """GET /v1/cameras/{name}."""
         return json_reply(self.camera_status(name))
 
-    def _frame(self, name: str, query: dict[str, str]) -> StoredFrame:
+    def _frame(self, name: str, query: dict[str, str], wait: float | None = None) -> StoredFrame:
+        """The newest frame (newer than ``newer_than``), waiting up to ``wait`` seconds (at most
+        ``http.wait_timeout``) for one; 503 if none comes or it is older than ``max_age``."""
         self._camera(name)
         newer_than = _int(query, "newer_than", 0, 2**63 - 1)
-        max_age = query.get("max_age")
+        limit = _max_age(query)
         store = self.daemon.store
-        wait = self.daemon.config.http.wait_timeout
+        wait = min(wait or math.inf, self.daemon.config.http.wait_timeout)
         deadline = time.monotonic() + wait
         with store.published:
             while True:
@@ -127,12 +143,7 @@ class Handlers:
                     raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "no_frame",
                                    f"{what} within {wait:g}s")
                 store.published.wait(remaining)
-        if max_age is not None:
-            try:
-                limit = float(max_age)
-            except ValueError:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query",
-                               "max_age: expected seconds") from None
+        if limit is not None:
             age = (time.monotonic_ns() - frame.publish_mono_ns) / 1e9
             if age > limit:
                 raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "frame_too_old",
@@ -168,7 +179,10 @@ class Handlers:
             request = FifoRequest.model_validate(body)
         except ValidationError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", validation_detail(exc)) from None
-        frame = self._frame(name, {})
+        # the caller's timeout bounds the whole request, the wait for a first frame included
+        timeout = min(request.timeout or self.daemon.config.http.wait_timeout,
+                      self.daemon.config.http.wait_timeout)
+        frame = self._frame(name, {}, wait=timeout)
         rendition = Rendition(PixelFormat.from_name(request.format), request.width,
                               request.height, request.quality)
         payload = self.daemon.store.payload(frame, rendition)  # converted here, not in the loop
@@ -178,8 +192,6 @@ class Handlers:
             raise ApiError(HTTPStatus.CONFLICT, "no_reader", str(exc)) from None
         except FifoRefused as exc:
             raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused", str(exc)) from None
-        timeout = min(request.timeout or self.daemon.config.http.wait_timeout,
-                      self.daemon.config.http.wait_timeout)
         done = threading.Event()
         outcome: list[bool] = []
 

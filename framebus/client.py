@@ -15,6 +15,7 @@ is read. Call ``frame.array.copy()`` to keep one.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -337,7 +338,10 @@ def request_frame(
     os.mkfifo(path, 0o620)
     os.chmod(path, 0o620)  # the daemon (group) may write, only we read: whatever the umask
     try:
-        with Subscriber(path, timeout=timeout) as sub:
+        # The daemon bounds its side by ``timeout`` (the wait for a first frame, then the
+        # write); the reader waits as long as the POST may, so a refusal arrives as the
+        # daemon's reason (the asker ends the read with EOF), not as a bare TimeoutError.
+        with Subscriber(path, timeout=timeout + 5.0) as sub:
             sub.open()
             body: dict[str, object] = {"fifo": str(path), "format": format, "quality": quality,
                                        "timeout": timeout}
@@ -355,7 +359,8 @@ def request_frame(
                 except BaseException as exc:  # re-raised in the caller's thread
                     failure.append(exc)
                 if failure or answer[0][0] != 200:  # no frame will come: end the reader's wait
-                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                    with contextlib.suppress(OSError):  # the reader may have given up already
+                        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
             asker = threading.Thread(target=ask, name="request-frame", daemon=True)
             asker.start()

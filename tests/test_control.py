@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ def test_snapshots(daemon: Daemon) -> None:
     status, _, body = api.request("GET", "/v1/cameras/cam/snapshot.jpg?max_age=0.000001")
     assert status == 503 and b"frame_too_old" in body
     assert api.request("GET", "/v1/cameras/cam/snapshot.jpg?width=abc")[0] == 400
+    for bad in ("nan", "inf", "-1", "soon"):  # nan would compare false and always pass
+        status, _, body = api.request("GET", f"/v1/cameras/cam/snapshot.jpg?max_age={bad}")
+        assert status == 400 and b"max_age" in body, (bad, status, body)
 
 
 def test_frame_request_through_a_private_fifo(daemon: Daemon) -> None:
@@ -274,6 +278,23 @@ def test_frame_request_errors_come_back_as_exceptions(daemon: Daemon) -> None:
     with pytest.raises(FrameRequestError) as info:
         request_frame("nope", url=api.url, fifo_dir=daemon.config.fifo_dir, timeout=2)
     assert info.value.status == 404 and info.value.error == "unknown_camera"
+
+
+def test_a_frame_request_waits_no_longer_than_its_own_timeout(
+        server: RtspServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera with no frame yet: the daemon answers 503 within the caller's timeout (1 s),
+    not its own wait_timeout (30 s), and the client raises that reason, not a TimeoutError."""
+    thread_errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
+    with running_daemon({"dark": {"url": server.url("cam").replace("/cam", "/no-such-mount")}}, {}, tmp_path / "fifos",
+                        http={**HTTP, "wait_timeout": "30s"}) as running:
+        with pytest.raises(FrameRequestError) as info:
+            request_frame("dark", url=ApiClient(running).url, fifo_dir=running.config.fifo_dir,
+                          timeout=1)
+        assert (info.value.status, info.value.error) == (503, "no_frame")
+        assert "within 1s" in info.value.detail
+        assert not list(running.config.fifo_dir.glob("request-*"))
+    assert thread_errors == []
 
 
 def test_a_refused_request_body_is_never_run_as_a_second_request(daemon: Daemon) -> None:
