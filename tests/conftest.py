@@ -9,6 +9,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
+from matrixkit import matrix, matrix_rig  # noqa: E402  (fixtures, re-exported)
 from rtspserver import rtsp_server_factory  # noqa: E402  (a fixture, re-exported)
 
-__all__ = ["rtsp_server_factory"]
+__all__ = ["matrix", "matrix_rig", "rtsp_server_factory"]
