@@ -24,8 +24,11 @@ run: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# `make soak`: the whole fault matrix and the 30-minute soak (FRAMEBUS_SOAK_SECONDS), then
+# docs/RELIABILITY.md is rendered from every recorded run, passing or not.
 soak: setup
-	$(PY) -m pytest -q -m soak -o addopts='' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m soak -o addopts='' $(PYTEST_ARGS); status=$$?; \
+	$(PY) tests/reliability.py && exit $$status
 
 lint: setup
 	$(VENV)/bin/ruff check framebus tests

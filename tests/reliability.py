@@ -258,19 +258,20 @@ FINDINGS = """\
    `PYTHONPATH`, and says so. For a real installation build the venv from an interpreter
    outside home directories (e.g. `make PYTHON=/usr/bin/python3`, or a venv under
    `/opt/framebus`), readable by the service's user.
-6. **`request_frame(timeout=T)` with T below the daemon's `http.wait_timeout` (minor, client,
-   open).** For a camera without a frame the daemon waits `wait_timeout` (5 s) before
-   answering 503, but the client's reader gives up after T and raises `TimeoutError` instead
-   of the daemon's reason; the helper thread then gets the 503 and opens the already removed
-   FIFO, raising `FileNotFoundError` in that thread. Proposed fix: wait for the frame until
-   the POST has answered (up to `timeout + 10`, as the join already does) and ignore
-   `OSError` when unblocking the reader.
-7. **Threads at quiet moments vary, without a trend (observation).** In the 30-minute soak the
-   daemon had 17 threads at most checkpoints and up to 25 at some, for minutes at a time, then
-   17 again. The extra ones are libavutil slice-thread workers (2 per pool on this 2-core
-   machine, seen with gdb waiting in `pthread_cond_wait` inside libavutil), owned by
-   swscale/codec contexts that live as long as the object holding them. Not a leak: the floor
-   stays at 17 and descriptors stay at 18 throughout.
+6. **`request_frame(timeout=T)` with T below the daemon's `http.wait_timeout` (fixed on
+   2026-11-26).** For a camera without a frame the daemon waited `wait_timeout` (5 s) before
+   answering 503, while the client's reader gave up after T with a bare `TimeoutError`, and
+   its helper thread then died opening the removed FIFO. The daemon now bounds the wait for a
+   first frame by the request's own timeout, and the client reports the daemon's reason
+   (`test_a_frame_request_waits_no_longer_than_its_own_timeout`).
+7. **Threads grew in the first 30-minute soak (fixed on 2026-11-26).** Two runs saw the
+   daemon's threads at quiet moments wander between 17 and 27 for minutes at a time. PyAV
+   (>= 17) lets swscale start a pool of worker threads per scaler and keeps the scaler on the
+   *source* frame for as long as that frame lives, so every stored frame with a converted
+   rendition (and each snapshot's frame) held 2 idle threads. All conversions now run in the
+   calling thread (`threads=1`), which is also faster: 0.19 vs 1.46 ms for two renditions of
+   a 640x360 frame, 0.56 vs 1.29 ms at 720p, 1.16 vs 1.75 ms at 1080p. The rerun held 13
+   threads and 18 descriptors at every checkpoint.
 """
 
 
@@ -439,10 +440,7 @@ def _render_soak(soak: dict[str, list[dict[str, Any]]]) -> list[str]:
               "descriptors or threads (the floor of the second half of the checkpoints at most "
               "one above the first half's), no torn frame, every counter only growing and "
               "`frames_sent + dropped` of each short-lived subscriber within what its camera "
-              "published (plus one per connection). Threads at a quiet moment vary by a few "
-              "(17-25 in the 30-minute run on 2 cores): libav keeps a slice-thread pool per "
-              "live scaler or encoder (2 threads each here) for as long as the object owning it "
-              "exists; they come and go, the floor stays put."]
+              "published (plus one per connection)."]
     return [*lines, ""]
 
 

@@ -286,7 +286,8 @@ def test_a_frame_request_waits_no_longer_than_its_own_timeout(
     not its own wait_timeout (30 s), and the client raises that reason, not a TimeoutError."""
     thread_errors: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
-    with running_daemon({"dark": {"url": server.url("cam").replace("/cam", "/no-such-mount")}}, {}, tmp_path / "fifos",
+    dark_url = server.url("cam").replace("/cam", "/no-such-mount")
+    with running_daemon({"dark": {"url": dark_url}}, {}, tmp_path / "fifos",
                         http={**HTTP, "wait_timeout": "30s"}) as running:
         with pytest.raises(FrameRequestError) as info:
             request_frame("dark", url=ApiClient(running).url, fifo_dir=running.config.fifo_dir,
