@@ -10,6 +10,10 @@ A message is::
                          fields (the version stays 1 and header_len grows)
     payload (payload_len)
 
+Revision 1.1 appends four fields (header_len 224) that locate the payload in a shared-memory
+segment instead of the stream; such messages set ``Flags.SHM`` and carry ``payload_len == 0``,
+so a 1.0 reader rejects them (rule H8) rather than reading garbage.
+
 Invariants of :class:`FrameReader`:
 
 * It never allocates more than ``max_header_len`` + ``max_payload_len`` for one message, and it
@@ -21,12 +25,21 @@ Invariants of :class:`FrameReader`:
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Final, NamedTuple
+from typing import Final
 
 from framebus.errors import ProtocolError
+
+# the pixel formats live in framebus.formats; re-exported here, where readers look for them
+from framebus.formats import CaptureSource as CaptureSource
+from framebus.formats import PixelFormat as PixelFormat
+from framebus.formats import Plane as Plane
+from framebus.formats import PlaneShape as PlaneShape
+from framebus.formats import packed_layout as packed_layout
+from framebus.formats import plane_shapes as plane_shapes
 
 MAGIC: Final = b"FBUS"
 VERSION: Final = 1
@@ -37,6 +50,11 @@ PREFIX: Final = struct.Struct("<4sHHQ")
 HEADER_V1: Final = struct.Struct("<64sQQQqIIqqBBHHHII8I")
 PREFIX_LEN: Final = PREFIX.size  # 16
 HEADER_V1_LEN: Final = HEADER_V1.size  # 168
+# revision 1.1, appended: shm segment name, payload offset and length in it, slot token
+SHM_FIELDS: Final = struct.Struct("<32sQQQ")
+HEADER_SHM_LEN: Final = HEADER_V1_LEN + SHM_FIELDS.size  # 224
+SHM_NAME = re.compile(r"fbshm-[0-9]{1,10}-[0-9]{1,20}")
+SHM_ALIGN: Final = 64  # shm payloads start on a 64-byte boundary, after the slot's stamp
 
 CAMERA_NAME_MAX: Final = 64
 MAX_PLANES: Final = 4
@@ -46,85 +64,25 @@ DEFAULT_MAX_PAYLOAD_LEN: Final = 256 * 1024 * 1024
 MAX_DIMENSION: Final = 32768
 
 
-class PixelFormat(IntEnum):
-    """Payload formats. The numeric value is what travels on the wire."""
-
-    BGR24 = 1
-    RGB24 = 2
-    GRAY = 3
-    YUV420P = 4
-    NV12 = 5
-    JPEG = 6
-
-    def __str__(self) -> str:
-        return self.name.lower()
-
-    @classmethod
-    def from_name(cls, name: str) -> PixelFormat:
-        """Parse a lowercase format name such as ``"bgr24"``."""
-        try:
-            return cls[name.upper()]
-        except KeyError:
-            known = ", ".join(str(f) for f in cls)
-            raise ValueError(f"unknown pixel format {name!r} (expected one of {known})") from None
-
-    @property
-    def is_raw(self) -> bool:
-        """True for uncompressed pixel data with a plane layout."""
-        return self is not PixelFormat.JPEG
-
-
-class CaptureSource(IntEnum):
-    """Where ``capture_time_ns`` came from."""
-
-    RECEIVE = 0  # the daemon's wall clock when the packet was received
-    RTCP = 1  # the camera's own clock, from RTCP sender reports
-
-
 class Flags(IntFlag):
     """Per-message flag bits."""
 
     NONE = 0
     KEYFRAME = 1
+    SHM = 2  # revision 1.1: the payload is in a shared-memory slot (``FrameHeader.shm``)
+
+_KNOWN_FLAGS: Final = Flags.KEYFRAME | Flags.SHM
 
 
-class Plane(NamedTuple):
-    """Where one plane lives in the payload: byte offset and bytes per row."""
+@dataclass(frozen=True, slots=True)
+class ShmLocation:
+    """Where an shm message's payload lives: a segment file beside the FIFO, a byte range in
+    it, and the token the slot's stamp must carry while the payload is the one meant."""
 
+    segment: str
     offset: int
-    stride: int
-
-
-class PlaneShape(NamedTuple):
-    """What a plane must hold: rows, bytes of pixel data per row, bytes per pixel."""
-
-    rows: int
-    row_bytes: int
-    channels: int
-
-
-def plane_shapes(fmt: PixelFormat, width: int, height: int) -> tuple[PlaneShape, ...]:
-    """The planes a raw format needs at a given size (chroma sizes round up for odd sizes)."""
-    cw, ch = (width + 1) // 2, (height + 1) // 2
-    if fmt in (PixelFormat.BGR24, PixelFormat.RGB24):
-        return (PlaneShape(height, width * 3, 3),)
-    if fmt is PixelFormat.GRAY:
-        return (PlaneShape(height, width, 1),)
-    if fmt is PixelFormat.YUV420P:
-        return (PlaneShape(height, width, 1), PlaneShape(ch, cw, 1), PlaneShape(ch, cw, 1))
-    if fmt is PixelFormat.NV12:
-        return (PlaneShape(height, width, 1), PlaneShape(ch, cw * 2, 2))
-    return ()
-
-
-def packed_layout(fmt: PixelFormat, width: int, height: int) -> tuple[tuple[Plane, ...], int]:
-    """Tightly packed planes (stride == row bytes, planes back to back) and the payload size."""
-    planes: list[Plane] = []
-    offset = 0
-    for shape in plane_shapes(fmt, width, height):
-        planes.append(Plane(offset, shape.row_bytes))
-        offset += shape.row_bytes * shape.rows
-    return tuple(planes), offset
+    length: int
+    token: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +103,7 @@ class FrameHeader:
     capture_source: CaptureSource = CaptureSource.RECEIVE
     publish_mono_ns: int = 0
     flags: Flags = Flags.NONE
+    shm: ShmLocation | None = None  # set: the payload is in shared memory (flag SHM)
 
     @property
     def keyframe(self) -> bool:
@@ -174,10 +133,17 @@ def encode_header(header: FrameHeader, payload_len: int, missed: int | None = No
         raise ValueError(f"at most {MAX_PLANES} planes, got {len(header.planes)}")
     if not (0 < header.width <= MAX_DIMENSION and 0 < header.height <= MAX_DIMENSION):
         raise ValueError(f"frame size {header.width}x{header.height} outside 1..{MAX_DIMENSION}")
+    shm = header.shm
+    if shm is not None and payload_len:
+        raise ValueError("an shm message carries no payload in the stream")
     try:  # never send what every reader would reject: it would end the stream for all of them
-        _check_layout(header.format, header.width, header.height, header.planes, payload_len)
+        _check_layout(header.format, header.width, header.height, header.planes,
+                      payload_len if shm is None else shm.length)
+        if shm is not None:
+            _check_shm(shm)
     except ProtocolError as exc:
         raise ValueError(str(exc)) from None
+    flags = header.flags | Flags.SHM if shm is not None else header.flags & ~Flags.SHM
     plane_words = [v for plane in header.planes for v in plane]
     plane_words += [0] * (2 * MAX_PLANES - len(plane_words))
     body = HEADER_V1.pack(
@@ -192,13 +158,15 @@ def encode_header(header: FrameHeader, payload_len: int, missed: int | None = No
         header.publish_mono_ns,
         header.format,
         header.capture_source,
-        header.flags,
+        flags,
         len(header.planes),
         0,
         header.width,
         header.height,
         *plane_words,
     )
+    if shm is not None:
+        body += SHM_FIELDS.pack(shm.segment.encode(), shm.offset, shm.length, shm.token)
     return PREFIX.pack(MAGIC, VERSION, len(body), payload_len) + body
 
 
@@ -227,8 +195,10 @@ def decode_prefix(
     return header_len, payload_len
 
 
-def decode_header(data: bytes | bytearray | memoryview, payload_len: int) -> FrameHeader:
-    """Parse and validate a header (fields past v1's are ignored, as the spec requires)."""
+def decode_header(data: bytes | bytearray | memoryview, payload_len: int,
+                  max_payload_len: int = DEFAULT_MAX_PAYLOAD_LEN) -> FrameHeader:
+    """Parse and validate a header of ``len(data)`` bytes (fields past revision 1.1's are
+    ignored, as the spec requires; 1.1's shm fields are read only when the SHM flag is set)."""
     fields = HEADER_V1.unpack_from(data)
     (raw_name, seq, epoch, missed, pts, tb_num, tb_den, capture_ns, publish_ns,
      fmt_code, source_code, flags, plane_count, _reserved, width, height) = fields[:16]
@@ -252,13 +222,46 @@ def decode_header(data: bytes | bytearray | memoryview, payload_len: int) -> Fra
     if plane_count > MAX_PLANES:
         raise ProtocolError(f"plane count {plane_count} over {MAX_PLANES}")
     planes = tuple(Plane(words[2 * i], words[2 * i + 1]) for i in range(plane_count))
-    _check_layout(fmt, width, height, planes, payload_len)
+    shm = None
+    if flags & Flags.SHM:
+        shm = _decode_shm(data, payload_len, max_payload_len)
+    _check_layout(fmt, width, height, planes, payload_len if shm is None else shm.length)
     return FrameHeader(
         camera=camera, seq=seq, format=fmt, width=width, height=height, planes=planes,
         epoch=epoch, missed=missed, pts=None if pts == NO_PTS else pts,
         time_base=(tb_num, tb_den), capture_time_ns=capture_ns, capture_source=source,
-        publish_mono_ns=publish_ns, flags=Flags(flags & Flags.KEYFRAME),
+        publish_mono_ns=publish_ns, flags=Flags(flags & _KNOWN_FLAGS), shm=shm,
     )
+
+
+def _decode_shm(data: bytes | bytearray | memoryview, payload_len: int,
+                max_payload_len: int) -> ShmLocation:
+    """Rules S1..S3 of PROTOCOL.md section 12 (the layout check H8 follows with the length)."""
+    if len(data) < HEADER_SHM_LEN:
+        raise ProtocolError(f"shm message needs header length >= {HEADER_SHM_LEN}, "
+                            f"got {len(data)}")
+    if payload_len:
+        raise ProtocolError(f"shm message must have payload length 0, got {payload_len}")
+    raw_name, offset, length, token = SHM_FIELDS.unpack_from(data, HEADER_V1_LEN)
+    try:
+        name = bytes(raw_name).rstrip(b"\0").decode("ascii")
+    except UnicodeDecodeError:
+        name = "?"
+    shm = ShmLocation(name, offset, length, token)
+    if length > max_payload_len:
+        raise ProtocolError(f"shm payload length {length} over the limit of {max_payload_len}")
+    _check_shm(shm)
+    return shm
+
+
+def _check_shm(shm: ShmLocation) -> None:
+    if not SHM_NAME.fullmatch(shm.segment):
+        raise ProtocolError(f"bad shm segment name {shm.segment!r}")
+    if shm.offset < SHM_ALIGN or shm.offset % SHM_ALIGN or shm.offset >= 2**62:
+        raise ProtocolError(f"shm offset {shm.offset} is not a multiple of {SHM_ALIGN} "
+                            f"from {SHM_ALIGN}")
+    if shm.length == 0 or shm.token == 0:
+        raise ProtocolError("shm message with zero length or zero token")
 
 
 def _check_layout(
@@ -381,7 +384,8 @@ class FrameReader:
             self._stage, self._filled, self._need = _Stage.HEADER, 0, header_len
         elif self._stage is _Stage.HEADER:
             self._header = decode_header(
-                memoryview(self._header_buf)[: self._need], self._payload_len
+                memoryview(self._header_buf)[: self._need], self._payload_len,
+                self.max_payload_len,
             )
             if not self.reuse_buffer or len(self._payload) < self._payload_len:
                 self._payload = bytearray(self._payload_len)  # validated above: bounded

@@ -7,6 +7,7 @@ the wire reader).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import tracemalloc
 from pathlib import Path
@@ -18,11 +19,21 @@ from hypothesis import strategies as st
 
 from framebus.cli import main
 from framebus.errors import ProtocolError
-from framebus.wire import FrameReader, PixelFormat, encode_message
+from framebus.wire import FrameReader, PixelFormat, ShmLocation, encode_header, encode_message
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "framebus.yaml"
 LIMIT = 1 << 20  # the reader's payload limit in these tests
 SEEDS = [encode_message(*make_frame(9, i, fmt, 13, 7, 1)) for i, fmt in enumerate(PixelFormat)]
+
+
+def _shm_seed(index: int, fmt: PixelFormat) -> bytes:
+    """A revision 1.1 shm message: header only, naming a slot."""
+    header, payload = make_frame(9, index, fmt, 13, 7, 1)
+    location = ShmLocation(f"fbshm-7-{index}", 4160, len(payload), index + 1)
+    return encode_header(dataclasses.replace(header, shm=location), 0)
+
+
+SEEDS += [_shm_seed(i, fmt) for i, fmt in enumerate(PixelFormat) if fmt.is_raw]
 
 
 @st.composite
