@@ -11,6 +11,12 @@ FIFO semantics this module relies on (Linux):
 Payloads are read with ``os.readv`` straight into a buffer the reader reuses, and ``Frame.array``
 is a numpy view of that buffer: no copy is made, and the view is valid only until the next frame
 is read. Call ``frame.array.copy()`` to keep one.
+
+shm subscribers (``transport: shm``) get the same ``Frame``: the message names a slot in a
+shared-memory segment beside the FIFO, which is mapped read-only once and reused for every frame
+in it, and ``frame.array`` is a read-only view into the mapping. The daemon does not rewrite that
+slot until this reader begins reading its next message, which is why it, too, is valid only
+until the next read; ``frame.intact()`` re-checks the slot's stamp.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from framebus.errors import FifoError, ProtocolError
+from framebus.shm import SegmentMaps
 from framebus.wire import (
     DEFAULT_MAX_PAYLOAD_LEN,
     FrameHeader,
@@ -55,6 +62,13 @@ class Frame:
     header: FrameHeader
     payload: memoryview
     received_mono_ns: int
+    segments: SegmentMaps | None = None  # shm: where the payload is mapped
+
+    def intact(self) -> bool:
+        """True while the payload is the frame the header names: always for FIFO frames; for
+        shm frames, the slot's stamp still matches (the daemon keeps it so until the next
+        read, so a False here means the hold rule was broken)."""
+        return self.segments is None or self.segments.intact(self.header)
 
     @property
     def camera(self) -> str:
@@ -120,6 +134,7 @@ class SubscriberStats:
     missed: int = 0
     opens: int = 0
     truncated: int = 0
+    stale: int = 0  # shm messages whose slot no longer held their frame: skipped
     last_seq: dict[str, int] = field(default_factory=dict)
 
 
@@ -151,6 +166,7 @@ class Subscriber:
         self._poller = select.poll()
         self._eof = False
         self._writer_seen = False  # read() returns 0 on a FIFO no writer has opened yet
+        self._segments = SegmentMaps(self.path.parent)  # shm segments live beside the FIFO
 
     def _new_reader(self) -> FrameReader:
         return FrameReader(max_payload_len=self._max_payload_len, reuse_buffer=True)
@@ -213,14 +229,21 @@ class Subscriber:
             self._reader.commit(count)
             self.stats.bytes += count
             message = self._reader.next_message()
-            if message is not None:
-                return self._deliver(message.header, message.payload)
+            if message is None:
+                continue
+            if message.header.shm is None:
+                return self._deliver(message.header, message.payload, None)
+            payload = self._segments.payload(message.header)
+            if payload is not None:
+                return self._deliver(message.header, payload, self._segments)
+            self.stats.stale += 1
 
-    def _deliver(self, header: FrameHeader, payload: memoryview) -> Frame:
+    def _deliver(self, header: FrameHeader, payload: memoryview,
+                 segments: SegmentMaps | None) -> Frame:
         self.stats.frames += 1
         self.stats.missed += header.missed
         self.stats.last_seq[header.camera] = header.seq
-        return Frame(header, payload, time.monotonic_ns())
+        return Frame(header, payload, time.monotonic_ns(), segments)
 
     def _writer_left(self, deadline: float | None) -> bool:
         """Handle EOF; return True to keep reading (reopened), False for a clean end."""
@@ -235,6 +258,7 @@ class Subscriber:
             self._eof = True
             return False
         self._reader = self._new_reader()
+        self._segments = SegmentMaps(self.path.parent)  # a new daemon's segments, new names
         self.close()
         self._open(deadline)
         return True

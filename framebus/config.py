@@ -145,6 +145,15 @@ class SubscriberConfig(_Strict):
     pipe_size: int = Field(1 << 20, ge=4096, le=1 << 30)
     mode: FileMode = 0o660
     group: str | None = None
+    # shm: pixels go through a shared-memory segment beside the FIFO, headers through the FIFO
+    transport: Literal["fifo", "shm"] = "fifo"
+
+    @model_validator(mode="after")
+    def _shm_carries_raw_frames(self) -> SubscriberConfig:
+        if self.transport == "shm" and self.format == "jpeg":
+            raise ValueError("transport shm carries raw formats (bgr24, rgb24, gray, yuv420p, "
+                             "nv12); jpeg frames are small: use transport fifo")
+        return self
 
 
 class HttpConfig(_Strict):

@@ -25,6 +25,7 @@ from framebus.config import Config, SubscriberConfig, load_config, resolve_passw
 from framebus.errors import ConfigError, FifoError
 from framebus.fanout import FanoutLoop, SubscriberSpec
 from framebus.sdnotify import Notifier
+from framebus.shm import remove_stale
 from framebus.store import LatestFrameStore, Rendition
 from framebus.wire import PixelFormat
 
@@ -66,6 +67,10 @@ class Daemon:
 
     def start(self) -> None:
         """Start the fan-out loop, reconcile with the config, then serve HTTP."""
+        directories = [self.config.fifo_dir, *(self.config.fifo_path(n).parent
+                                               for n in self.config.subscribers)]
+        for path in remove_stale(directories):  # a crashed daemon's, never a running one's
+            log.warning("removed stale shm segment %s", path)
         self.fanout.start()
         self.reconcile(self.config, self.passwords)
         if self.config.http.enabled:
@@ -108,7 +113,7 @@ class Daemon:
         return SubscriberSpec(name=name, camera=sub.camera, rendition=rendition,
                               path=sub.fifo or config.fifo_dir / f"{name}.fifo",
                               max_fps=sub.max_fps, pipe_size=sub.pipe_size, mode=sub.mode,
-                              group=sub.group)
+                              group=sub.group, transport=sub.transport)
 
     def status_line(self) -> str:
         """E.g. "7/8 cameras streaming, 12 subscribers" (systemd STATUS=)."""

@@ -13,6 +13,11 @@ Invariants (the loop's contract; keep them when changing anything here):
 * Other threads talk to the loop only through thread-safe deques plus an eventfd wake-up:
   decoder threads push camera names (``wake``), the control plane pushes commands (``call``).
 * Payloads are sent as memoryviews of the decoded frame's planes: no per-subscriber copies.
+* shm subscribers (``transport: shm``) get header-only messages naming a slot the decoder
+  filled once. Their pipe is one page, so EPOLLOUT means "drained"; a new message is begun
+  only once the reader has begun the last one (``HoldLedger.may_send``, from FIONREAD), so a
+  subscriber pins at most its held, unread and pending slots. The slot pool's lock is the only
+  lock the loop takes, for a few integer operations.
 """
 
 from __future__ import annotations
@@ -26,75 +31,31 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from framebus.errors import FifoError
+from framebus.exporter import ShmExporter
 from framebus.fifo import FifoMissing, ensure_fifo, open_writer, set_pipe_size, unread_bytes
-from framebus.outbox import Outbox, Outgoing
+from framebus.sending import (
+    LATENCY_BUCKETS_S,
+    PARK_S,
+    SHM_PIPE_SIZE,
+    LatencyHistogram,
+    Subscriber,
+    SubscriberSpec,
+    Token,
+    fifo_outgoing,
+    release,
+    shm_outgoing,
+)
 from framebus.store import LatestFrameStore, Payload, Rendition, StoredFrame
-from framebus.wire import FrameHeader, encode_header
+
+__all__ = ["LATENCY_BUCKETS_S", "FanoutLoop", "LatencyHistogram", "Subscriber", "SubscriberSpec"]
 
 log = logging.getLogger("framebus.fanout")
 
 RETIRE_S = 2  # how long a removed subscriber gets to take its in-flight message
-LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _ERR = select.EPOLLERR | select.EPOLLHUP
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriberSpec:
-    """What a subscriber wants and where it reads."""
-
-    name: str
-    camera: str
-    rendition: Rendition
-    path: Path
-    max_fps: float | None = None
-    pipe_size: int = 1 << 20
-    mode: int = 0o660
-    group: str | None = None
-
-
-@dataclass
-class LatencyHistogram:
-    """Publish-to-fully-written latency, as plain counters (cumulative at scrape time)."""
-
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
-    sum_s: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        """Count one observation."""
-        index = 0
-        while index < len(LATENCY_BUCKETS_S) and seconds > LATENCY_BUCKETS_S[index]:
-            index += 1
-        self.counts[index] += 1
-        self.sum_s += seconds
-
-
-class Subscriber:
-    """A subscriber's loop-side state: its FIFO descriptor, outbox and counters."""
-
-    def __init__(self, spec: SubscriberSpec) -> None:
-        self.spec = spec
-        self.fd = -1
-        self.mask = 0
-        self.outbox: Outbox[Sending] = Outbox(spec.max_fps)
-        self.pipe_size = 0
-        self.connects = 0
-        self.disconnects = 0
-        self.latency = LatencyHistogram()
-        self.next_open_ns = 0
-        self.error = ""
-        self.last_offered_seq = 0  # 0: nothing offered to the current reader yet
-        self.retiring = False  # removed: finish the in-flight message, then close
-        self.retire_deadline_ns = 0
-        self.on_closed: Callable[[bool], None] | None = None  # one-shot: called with "complete"
-
-    @property
-    def connected(self) -> bool:
-        """True while a reader has the FIFO open."""
-        return self.fd >= 0
 
 
 class FanoutLoop:
@@ -118,6 +79,10 @@ class FanoutLoop:
         self._commands: deque[Callable[[], None]] = deque()
         self._stopping = False
         self._drain_deadline_ns = 0
+        self._parked: list[tuple[int, Token]] = []  # (release at, pin) after we closed
+        if store.exporter is None:
+            store.exporter = ShmExporter()
+        self.exporter: ShmExporter = store.exporter
         self._thread = threading.Thread(target=self._run, name="fanout", daemon=True)
         store.add_listener(self.wake)
 
@@ -141,6 +106,8 @@ class FanoutLoop:
         """Create the FIFO (FifoError if the path is unsafe) and start serving it."""
         ensure_fifo(spec.path, spec.mode, spec.group)
         self.store.want(spec.camera, spec.rendition)
+        if spec.shm_key is not None:
+            self.exporter.want(spec.shm_key)
         self.call(functools.partial(self._add, Subscriber(spec)))
 
     def remove(self, name: str) -> None:
@@ -165,7 +132,7 @@ class FanoutLoop:
         self._by_fd[sub.fd] = sub
         self._epoll.register(sub.fd, 0)
         self._retiring.append(sub)
-        sub.outbox.offer(_outgoing(frame, payload), time.monotonic_ns())
+        sub.outbox.offer(fifo_outgoing(frame, payload), time.monotonic_ns())
         self._flush(sub)
 
     def stop(self, drain_s: float = 1.0) -> None:
@@ -180,6 +147,7 @@ class FanoutLoop:
             self._thread.join(drain_s + 2.0)
         self._epoll.close()
         os.close(self._waker)
+        self.exporter.close()  # unlink every segment; readers' mappings stay valid
 
     # -- the loop thread --------------------------------------------------------------------
 
@@ -191,6 +159,8 @@ class FanoutLoop:
             self._open_readers(now)
             if self._retiring:
                 self._reap_retiring(now)
+            if self._parked and now >= self._parked[0][0]:
+                self._unpark(now)
             for fd, events in self._epoll.poll(self._timeout_s(now)):
                 if fd == self._waker:
                     self._drain_wakeups()
@@ -207,6 +177,7 @@ class FanoutLoop:
                 self.on_tick()
         for sub in [*self.subscribers.values(), *self._retiring]:
             self._close(sub)
+        self._unpark(now)  # stopping: every parked pin goes (the segments are unlinked next)
 
     def _busy(self) -> bool:
         subs = [*self.subscribers.values(), *self._retiring]
@@ -215,6 +186,8 @@ class FanoutLoop:
     def _timeout_s(self, now: int) -> float:
         if self._stopping or self._retiring:
             return 0.02
+        if self._parked:
+            return min(self.max_tick_s, max(0.0, (self._parked[0][0] - now) / 1e9))
         waiting = [s.next_open_ns for s in self.subscribers.values() if not s.connected]
         if not waiting:
             return self.max_tick_s  # idle tick, so on_tick (the watchdog ping) keeps coming
@@ -247,14 +220,36 @@ class FanoutLoop:
             return  # made before this subscriber registered its rendition: skip, never convert
         if frame.seq <= sub.last_offered_seq:
             return
+        if sub.shm_key is None:
+            outgoing = fifo_outgoing(frame, payload)
+        else:
+            shm = frame.shm.get(sub.shm_key)
+            state = self.exporter.state(sub.shm_key)
+            sub.error = state.error if state is not None else ""
+            found = None if shm is None else shm_outgoing(frame, payload, shm)
+            if found is None:
+                return  # no segment (the error says why) or the frame is already gone
+            outgoing = found
         superseded = frame.seq - sub.last_offered_seq - 1 if sub.last_offered_seq else 0
         sub.last_offered_seq = frame.seq
-        sub.outbox.offer(_outgoing(frame, payload), now, superseded)
+        sub.outbox.offer(outgoing, now, superseded)
         self._flush(sub)
 
     def _flush(self, sub: Subscriber) -> None:
-        outbox = sub.outbox
-        while chunks := outbox.chunks():
+        outbox, ledger = sub.outbox, sub.ledger
+        gate_open = True
+        while True:
+            if ledger is not None and not outbox.mid_message:
+                unread = unread_bytes(sub.fd)
+                for held in ledger.consumed(unread):  # the reader began a later message
+                    release(held)
+                gate_open = ledger.may_send(unread)
+                if not gate_open:
+                    break
+                sub.message_start = ledger.written
+            chunks = outbox.chunks()
+            if not chunks:
+                break
             try:
                 written = os.writev(sub.fd, chunks)
             except BlockingIOError:
@@ -262,15 +257,22 @@ class FanoutLoop:
             except OSError:  # EPIPE: the reader left (SIGPIPE is ignored by the daemon)
                 self._reader_left(sub)
                 return
+            if ledger is not None:
+                ledger.advance(written)
             if outbox.wrote(written) and (done := outbox.last_completed) is not None:
                 sub.latency.observe((time.monotonic_ns() - done.publish_mono_ns) / 1e9)
+                if ledger is not None:
+                    ledger.record(sub.message_start, done)  # its pin travels with the ledger
         if sub.retiring and not outbox.has_bytes:
             self._close(sub)  # the reaper forgets it on its next pass
             return
-        self._update_mask(sub)
+        self._update_mask(sub, gate_open)
 
-    def _update_mask(self, sub: Subscriber) -> None:
-        wanted = select.EPOLLOUT if sub.outbox.has_bytes else 0
+    def _update_mask(self, sub: Subscriber, gate_open: bool = True) -> None:
+        # a closed shm gate waits for the pipe to drain: EPOLLOUT reports exactly that on a
+        # one-page pipe; on a larger one it would spin, so the next publish re-checks instead
+        waits = sub.outbox.has_bytes and (gate_open or sub.drain_wakes)
+        wanted = select.EPOLLOUT if waits else 0
         if wanted != sub.mask:
             self._epoll.modify(sub.fd, wanted)
             sub.mask = wanted
@@ -308,7 +310,9 @@ class FanoutLoop:
                 continue
             sub.error = ""
             sub.fd, sub.mask = fd, 0
-            sub.pipe_size = set_pipe_size(fd, sub.spec.pipe_size)
+            shm = sub.ledger is not None
+            sub.pipe_size = set_pipe_size(fd, SHM_PIPE_SIZE if shm else sub.spec.pipe_size)
+            sub.drain_wakes = shm and sub.pipe_size == SHM_PIPE_SIZE
             sub.connects += 1
             self._by_fd[fd] = sub
             self._epoll.register(fd, 0)
@@ -319,6 +323,9 @@ class FanoutLoop:
                 self._offer(sub, frame, now)  # a new reader starts with the newest frame
 
     def _reader_left(self, sub: Subscriber) -> None:
+        if sub.ledger is not None:  # the reader closed its end: it holds nothing any more
+            for held in sub.ledger.clear():
+                release(held)
         if sub.retiring:  # a removed or one-shot subscriber: nothing to reconnect
             self._close(sub)
             return
@@ -330,6 +337,11 @@ class FanoutLoop:
         log.info("subscriber %s: reader left", sub.spec.name, extra={"SUBSCRIBER": sub.spec.name})
 
     def _close(self, sub: Subscriber) -> None:
+        if sub.ledger is not None and len(sub.ledger):
+            # we end the stream: the reader may still be using its last frame until it reads
+            # (and sees EOF), so its pins outlive the descriptor by PARK_S
+            release_at = time.monotonic_ns() + int(PARK_S * 1e9)
+            self._parked.extend((release_at, held) for held in sub.ledger.clear())
         if sub.fd >= 0:
             self._by_fd.pop(sub.fd, None)
             self._epoll.unregister(sub.fd)
@@ -360,7 +372,18 @@ class FanoutLoop:
                 self._by_fd[sub.fd] = sub
                 old.outbox.retarget(sub.spec.max_fps)
                 sub.outbox = old.outbox  # the in-flight message continues, counts carry on
+                if sub.ledger is not None and old.ledger is not None:
+                    sub.ledger, old.ledger = old.ledger, None  # same stream, same holds
+                    sub.drain_wakes = old.drain_wakes
+                elif sub.ledger is not None or old.ledger is not None:  # transport changed
+                    if sub.ledger is not None:  # what the pipe holds now precedes the ledger
+                        sub.ledger.advance(unread_bytes(sub.fd))  # the rest is counted as
+                        sub.message_start = 0  # written, a FIFO message the ledger ignores
+                    sub.pipe_size = set_pipe_size(
+                        sub.fd, SHM_PIPE_SIZE if sub.ledger is not None else sub.spec.pipe_size)
+                    sub.drain_wakes = sub.ledger is not None and sub.pipe_size == SHM_PIPE_SIZE
                 old.fd = -1
+                self._close(old)  # parks the holds of a transport change
                 return
 
     def _remove(self, name: str, keep_open: bool = False) -> None:
@@ -369,6 +392,8 @@ class FanoutLoop:
             return
         self._by_camera[sub.spec.camera].remove(sub)
         self.store.unwant(sub.spec.camera, sub.spec.rendition)
+        if sub.shm_key is not None:
+            self.exporter.unwant(sub.shm_key)
         sub.outbox.drop_pending()
         if sub.connected and (sub.outbox.has_bytes or keep_open):  # never cut a message
             sub.retiring = True
@@ -383,32 +408,6 @@ class FanoutLoop:
                 self._close(sub)  # a reader too slow to take one message in time is cut off
                 self._retiring.remove(sub)
 
-
-@dataclass(frozen=True, slots=True)
-class Sending:
-    """What a subscriber's outbox keeps alive: one rendition's buffers and its header, not
-    the decoded frame with every other rendition, so a stalled reader pins exactly its own
-    two frames."""
-
-    header: FrameHeader
-    payload: Payload
-
-    @property
-    def seq(self) -> int:
-        """The frame's sequence number."""
-        return self.header.seq
-
-    @property
-    def publish_mono_ns(self) -> int:
-        """When the frame was published (for the latency histogram)."""
-        return self.header.publish_mono_ns
-
-    def encode(self, missed: int) -> list[memoryview]:
-        """[header bytes, *payload buffers] for writev, with this subscriber's ``missed``."""
-        header = encode_header(self.header, self.payload.nbytes, missed)
-        return [memoryview(header), *self.payload.buffers]
-
-
-def _outgoing(frame: StoredFrame, payload: Payload) -> Outgoing[Sending]:
-    sending = Sending(frame.header_for(payload), payload)
-    return Outgoing(frame.seq, sending, sending.encode)
+    def _unpark(self, now: int) -> None:
+        while self._parked and (self._stopping or self._parked[0][0] <= now):
+            release(self._parked.pop(0)[1])

@@ -75,10 +75,16 @@ class RateLimiter:
 
 
 class Outbox(Generic[T]):
-    """What one subscriber still has to receive."""
+    """What one subscriber still has to receive.
 
-    def __init__(self, max_fps: float | None = None) -> None:
+    ``release(token)`` is called for every token the outbox lets go of without completing it
+    (dropped, replaced, lost with the reader): shm subscribers unpin slots there.
+    """
+
+    def __init__(self, max_fps: float | None = None,
+                 release: Callable[[T], None] | None = None) -> None:
         self.stats = OutboxStats()
+        self.release = release
         self._limiter = RateLimiter(max_fps)
         self._chunks: list[memoryview] = []  # the rest of the in-flight message
         self._in_flight: Outgoing[T] | None = None
@@ -90,6 +96,11 @@ class Outbox(Generic[T]):
     def has_bytes(self) -> bool:
         """True while there is something to write (the loop wants EPOLLOUT exactly then)."""
         return bool(self._chunks) or self._pending is not None
+
+    @property
+    def mid_message(self) -> bool:
+        """True while a begun message still has bytes to write."""
+        return bool(self._chunks)
 
     @property
     def in_flight(self) -> int:
@@ -111,10 +122,16 @@ class Outbox(Generic[T]):
             self.stats.dropped[SUPERSEDED] += superseded
         if not self._limiter.admit(now_ns):
             self.stats.dropped[RATE_LIMIT] += 1
+            self._let_go(outgoing)
             return
         if self._pending is not None:
             self.stats.dropped[SLOW_READER] += 1
+            self._let_go(self._pending)
         self._pending = outgoing
+
+    def _let_go(self, outgoing: Outgoing[T] | None) -> None:
+        if outgoing is not None and self.release is not None:
+            self.release(outgoing.token)
 
     def chunks(self) -> list[memoryview]:
         """The bytes to write next: the rest of the in-flight message, or the next one begun."""
@@ -149,6 +166,8 @@ class Outbox(Generic[T]):
         """The reader left: whatever was in flight or pending is lost; the next reader starts
         at a message boundary with the newest frame."""
         self.stats.dropped[READER_GONE] += self.in_flight
+        self._let_go(self._in_flight)
+        self._let_go(self._pending)
         self._chunks, self._in_flight, self._pending = [], None, None
         self._last_seq = None
 
@@ -159,5 +178,6 @@ class Outbox(Generic[T]):
     def drop_pending(self) -> None:
         """Shutting down: forget the frame not yet begun (the in-flight one still finishes)."""
         if self._pending is not None:
+            self._let_go(self._pending)
             self._pending = None
             self.stats.dropped[SHUTDOWN] += 1

@@ -10,6 +10,9 @@ Invariants:
   request) are converted on demand, still at most once per frame.
 * Payloads are zero-copy views of PyAV's plane buffers: offsets and strides describe PyAV's
   own line padding, so no packing copy is made.
+* With an ``exporter`` (shm subscribers), the wanted renditions are also copied once into
+  shared memory before publishing; the newest frame pins its slots until a newer one replaces
+  it (``exporter.release``), so a new reader can always be sent the newest frame.
 """
 
 from __future__ import annotations
@@ -19,11 +22,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import av
 
 from framebus.imaging import convert, encode_image
 from framebus.wire import CaptureSource, Flags, FrameHeader, PixelFormat, Plane
+
+if TYPE_CHECKING:
+    from framebus.exporter import ShmExporter, ShmKey
+    from framebus.shm import ShmFrame
 
 AV_FORMAT = {
     PixelFormat.BGR24: "bgr24",
@@ -81,6 +89,7 @@ class StoredFrame:
     keyframe: bool
     publish_mono_ns: int = 0
     renditions: dict[Rendition, Payload] = field(default_factory=dict)
+    shm: dict[ShmKey, ShmFrame] = field(default_factory=dict)  # copies in shared memory
     _headers: dict[int, FrameHeader] = field(default_factory=dict)
 
     @property
@@ -143,6 +152,7 @@ class LatestFrameStore:
         self._listeners: list[Callable[[str], None]] = []
         self.conversions: Counter[tuple[str, Rendition]] = Counter()
         self.published = threading.Condition()
+        self.exporter: ShmExporter | None = None  # set when shm subscribers exist
 
     def add_listener(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(camera)`` after every publish (it must not block)."""
@@ -178,9 +188,15 @@ class LatestFrameStore:
         """Decoder thread: convert what subscribers want, then make the frame the newest."""
         for rendition in self._wanted.get(stored.camera, Counter()):
             self._render_into(stored, rendition)
+        exporter = self.exporter
+        if exporter is not None:
+            exporter.export(stored)  # the one copy per rendition into shared memory
         stored.publish_mono_ns = time.monotonic_ns()
         self._seq[stored.camera] = stored.seq
+        previous = self._latest.get(stored.camera)
         self._latest[stored.camera] = stored
+        if previous is not None and exporter is not None:
+            exporter.release(previous)  # its slots stay pinned by whoever was sent them
         with self.published:
             self.published.notify_all()
         for callback in self._listeners:
@@ -205,4 +221,6 @@ class LatestFrameStore:
 
     def forget(self, camera: str) -> None:
         """Drop a removed camera's newest frame."""
-        self._latest.pop(camera, None)
+        previous = self._latest.pop(camera, None)
+        if previous is not None and self.exporter is not None:
+            self.exporter.release(previous)

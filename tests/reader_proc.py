@@ -30,6 +30,16 @@ def check(frame: object) -> list[int]:
     return list(frame.planes[0].shape)  # type: ignore[attr-defined]
 
 
+def read_partial(fifo: str, count: int) -> int:
+    """Open the FIFO and read exactly ``count`` raw bytes (the middle of a message); the
+    descriptor stays open, so the daemon sees a reader that stopped there."""
+    fd = os.open(fifo, os.O_RDONLY)
+    got = b""
+    while len(got) < count:
+        got += os.read(fd, count - len(got))
+    return fd
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("fifo")
@@ -38,10 +48,7 @@ def main() -> None:
     parser.add_argument("--partial", type=int, default=0)
     args = parser.parse_args()
     if args.partial:
-        fd = os.open(args.fifo, os.O_RDONLY)
-        got = b""
-        while len(got) < args.partial:
-            got += os.read(fd, args.partial - len(got))
+        read_partial(args.fifo, args.partial)
         print("PARTIAL", flush=True)
         time.sleep(3600)  # the test kills us here (a reader stuck mid-frame)
         return

@@ -1,0 +1,156 @@
+"""Per rendition, one copy of each frame into shared memory, for every shm subscriber of it.
+
+The store calls ``export`` in the decoder thread after converting a frame and before publishing
+it, and ``release`` when a newer frame replaces it; the fan-out loop registers subscribers
+(``want``/``unwant``) and pins the slots it names in messages. A key is what subscribers can
+share a segment by: camera, rendition, the directory of their FIFOs, and the permissions.
+
+Invariants:
+
+* One segment per key at a time, sized ``capacity(n)`` slots for its ``n`` subscribers; a
+  change of frame geometry (size, format, layout) or more subscribers than it was made for
+  makes a new segment, and the old one is retired (unlinked; pinned slots stay readable).
+* A key whose segment cannot be made records the error (``status``) and retries at most once a
+  second; its subscribers get no frames meanwhile, every other key and subscriber carries on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from framebus.shm import Segment, ShmError, ShmFrame, new_segment_path, segment_mode, slot_size_for
+from framebus.slots import capacity
+
+if TYPE_CHECKING:
+    from framebus.store import Payload, Rendition, StoredFrame
+
+RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShmKey:
+    """What shm subscribers share one segment by."""
+
+    camera: str
+    rendition: Rendition
+    directory: Path
+    mode: int
+    group: str | None
+
+
+@dataclass
+class ExportState:
+    """One key's segment, subscriber count and failures (read by metrics and the API)."""
+
+    subscribers: int = 0
+    segment: Segment | None = None
+    error: str = ""
+    failures: Counter[str] = field(default_factory=Counter)
+    exported: int = 0
+    segments_made: int = 0
+    _retry_at: float = 0.0
+
+
+class ShmExporter:
+    """The shm side of the store: segments per key, the copy into a slot, pins of the newest."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, dict[ShmKey, ExportState]] = {}  # copy-on-write per camera
+        # each segment's tokens start at a new multiple of 2**40: no two writes share a token
+        self._token_blocks = itertools.count(1)
+
+    def want(self, key: ShmKey) -> None:
+        """One more subscriber of ``key``."""
+        with self._lock:
+            states = dict(self._keys.get(key.camera, {}))
+            state = states.setdefault(key, ExportState())
+            state.subscribers += 1
+            self._keys[key.camera] = states
+
+    def unwant(self, key: ShmKey) -> None:
+        """One subscriber fewer; the last one retires the segment."""
+        with self._lock:
+            states = dict(self._keys.get(key.camera, {}))
+            state = states.get(key)
+            if state is None:
+                return
+            state.subscribers -= 1
+            if state.subscribers <= 0:
+                del states[key]
+                if state.segment is not None:
+                    state.segment.retire()
+            self._keys[key.camera] = states
+
+    def state(self, key: ShmKey) -> ExportState | None:
+        """The key's current state (None once nobody wants it)."""
+        return self._keys.get(key.camera, {}).get(key)
+
+    def states(self) -> list[tuple[ShmKey, ExportState]]:
+        """Every key and its state."""
+        return [(k, s) for states in list(self._keys.values()) for k, s in list(states.items())]
+
+    def export(self, stored: StoredFrame) -> None:
+        """Decoder thread: copy each wanted rendition of the frame into a free slot."""
+        for key, state in list(self._keys.get(stored.camera, {}).items()):
+            payload = stored.renditions.get(key.rendition)
+            if payload is None or state.subscribers <= 0:
+                continue
+            segment = self._segment_for(key, state, payload)
+            if segment is None:
+                continue
+            ref = segment.pool.claim()
+            if ref is None:  # cannot happen while capacity() holds; counted if it does
+                state.failures["no_free_slot"] += 1
+                continue
+            location = segment.write(ref, stored.seq, payload)
+            stored.shm[key] = ShmFrame(segment, ref, location)
+            state.exported += 1
+
+    def release(self, stored: StoredFrame) -> None:
+        """A newer frame replaced ``stored`` in the store: drop the store's pins of it."""
+        for shm in stored.shm.values():
+            shm.segment.pool.unpin(shm.ref)
+        stored.shm.clear()
+
+    def close(self) -> None:
+        """Daemon exit: unlink every segment."""
+        with self._lock:
+            for _, state in self.states():
+                if state.segment is not None:
+                    state.segment.retire()
+            self._keys.clear()
+
+    def _segment_for(self, key: ShmKey, state: ExportState, payload: Payload) -> Segment | None:
+        segment = state.segment
+        slots = capacity(state.subscribers)
+        geometry = (payload.format, payload.width, payload.height, payload.nbytes)
+        if segment is not None and segment.geometry == geometry and segment.pool.count >= slots:
+            return segment
+        now = time.monotonic()
+        if now < state._retry_at:
+            return None
+        try:
+            made = Segment(new_segment_path(key.directory), slot_size_for(payload.nbytes), slots,
+                           segment_mode(key.mode), key.group, next(self._token_blocks) << 40)
+            made.geometry = geometry
+        except ShmError as exc:
+            state._retry_at = now + RETRY_S
+            state.failures[exc.reason] += 1
+            state.error = str(exc)
+            return None
+        with self._lock:
+            if segment is not None:
+                segment.retire()
+            if state.subscribers <= 0:  # the last subscriber left while we made it
+                made.retire()
+                return None
+            state.segment, state.error = made, ""
+            state.segments_made += 1
+        return made

@@ -1,0 +1,262 @@
+"""Shared-memory segments: the files shm payloads live in, for the daemon and for readers.
+
+Layout of a segment (docs/PROTOCOL.md section 12), a file named ``fbshm-<pid>-<n>`` in the
+directory of the FIFOs it serves:
+
+    page 0        segment header: magic "FBSM", u32 version 1, u64 slot_size, u64 slot_count,
+                  u64 first_slot (4096), u32 pid of the daemon that made it
+    slot i        at first_slot + i * slot_size: a 64-byte stamp (magic "FBSL", u32 0,
+                  u64 token, u64 seq, u64 length), then the payload (64-byte aligned)
+
+Invariants:
+
+* A segment never shrinks and its blocks are allocated (``posix_fallocate``) before it is
+  mapped or named to anyone, so no access inside it can fault for lack of space: no SIGBUS,
+  in the daemon or a reader. A full file system is an error when the segment is made.
+* Only the daemon's user may write a segment (mode ``0600 | fifo_mode & 0o044``, the FIFO's
+  group); readers map it read-only. Retired segments are unlinked at once; mappings keep them
+  alive until the last reader lets go. Segments of daemons no longer running are removed at
+  start (``remove_stale``).
+* The writer clears a slot's token before copying and stamps it after, so a reader can tell a
+  slot that was rewritten under it (which the hold rule forbids) from the frame it was sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import itertools
+import mmap
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from framebus.errors import FramebusError, ProtocolError
+from framebus.slots import SlotPool, SlotRef
+from framebus.wire import SHM_ALIGN, FrameHeader, ShmLocation
+
+if TYPE_CHECKING:
+    from framebus.store import Payload
+
+SEGMENT_MAGIC: Final = b"FBSM"
+STAMP_MAGIC: Final = b"FBSL"
+SEGMENT_VERSION: Final = 1
+SEGMENT_HEADER: Final = struct.Struct("<4sIQQQI")
+STAMP: Final = struct.Struct("<4sIQQQ")
+FIRST_SLOT: Final = 4096
+PAGE: Final = 4096
+_STALE = re.compile(r"fbshm-([0-9]{1,10})-[0-9]{1,20}")
+
+
+class ShmError(FramebusError):
+    """A segment could not be made (no space, permissions): the subscriber gets this error."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # metric label: no_space, permission, error
+
+
+def slot_size_for(nbytes: int) -> int:
+    """Bytes per slot: the stamp, the payload, rounded up to whole pages."""
+    return -(-(SHM_ALIGN + nbytes) // PAGE) * PAGE
+
+
+def segment_mode(fifo_mode: int) -> int:
+    """The daemon writes; whoever may read the FIFO may read the segment, nobody else writes."""
+    return 0o600 | (fifo_mode & 0o044)
+
+
+class Segment:
+    """One segment file, mapped read-write by the daemon, with its slot pool."""
+
+    def __init__(self, path: Path, slot_size: int, slot_count: int, mode: int,
+                 group: str | None, first_token: int) -> None:
+        self.path = path
+        self.name = path.name
+        self.slot_size = slot_size
+        self.size = FIRST_SLOT + slot_size * slot_count
+        self.retired = False
+        self.geometry: tuple[object, ...] = ()  # what its frames look like (exporter's key)
+        self._map = _create(path, self.size, mode, group)
+        SEGMENT_HEADER.pack_into(self._map, 0, SEGMENT_MAGIC, SEGMENT_VERSION, slot_size,
+                                 slot_count, FIRST_SLOT, os.getpid())
+        self.pool = SlotPool(slot_count, first_token)
+
+    def write(self, ref: SlotRef, seq: int, payload: Payload) -> ShmLocation:
+        """Copy a payload into a claimed slot (the one copy of the shm path) and stamp it."""
+        base = FIRST_SLOT + ref.slot * self.slot_size
+        if SHM_ALIGN + payload.nbytes > self.slot_size:
+            raise ValueError(f"payload of {payload.nbytes} bytes exceeds the slot")
+        STAMP.pack_into(self._map, base, STAMP_MAGIC, 0, 0, 0, 0)
+        offset = base + SHM_ALIGN
+        for buffer in payload.buffers:  # numpy copies without holding the GIL
+            source = np.frombuffer(buffer, np.uint8)
+            np.copyto(np.frombuffer(self._map, np.uint8, len(source), offset), source)
+            offset += len(source)
+        STAMP.pack_into(self._map, base, STAMP_MAGIC, 0, ref.token, seq, payload.nbytes)
+        return ShmLocation(self.name, base + SHM_ALIGN, payload.nbytes, ref.token)
+
+    def retire(self) -> None:
+        """No new frames go here; unlink the file (readers' mappings stay valid)."""
+        if not self.retired:
+            self.retired = True
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def _create(path: Path, size: int, mode: int, group: str | None) -> mmap.mmap:
+    try:
+        free = os.statvfs(path.parent)
+    except OSError as exc:
+        raise ShmError("error", f"{path.parent}: cannot inspect: {exc.strerror}") from None
+    available = free.f_bavail * free.f_frsize
+    if available < size:
+        raise ShmError("no_space", f"{path.parent}: a {size / 2**20:.1f} MiB shm segment does "
+                       f"not fit in {available / 2**20:.1f} MiB free (enlarge the tmpfs or use "
+                       "transport: fifo)")
+    try:
+        gid = -1 if group is None else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ShmError("error", f"{path}: group {group!r} does not exist") from None
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise ShmError("permission" if exc.errno in (errno.EACCES, errno.EPERM) else "error",
+                       f"{path}: cannot create the shm segment: {exc.strerror}") from None
+    try:
+        os.posix_fallocate(fd, 0, size)  # every block now, so no page can fault later
+        os.fchmod(fd, mode)
+        if gid >= 0:
+            os.fchown(fd, -1, gid)
+        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        reason = "no_space" if exc.errno == errno.ENOSPC else "error"
+        raise ShmError(reason, f"{path}: cannot allocate {size / 2**20:.1f} MiB: "
+                       f"{exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def remove_stale(directories: list[Path]) -> list[Path]:
+    """Remove segments whose daemon is no longer running (left by a crash or SIGKILL)."""
+    removed = []
+    for directory in dict.fromkeys(directories):
+        try:
+            entries = list(directory.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            match = _STALE.fullmatch(entry.name)
+            if match is None or _running(int(match[1])):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a previous daemon with our pid: it is not us, so it is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_names = itertools.count(1)
+
+
+def new_segment_path(directory: Path) -> Path:
+    """A name no other segment of this process had."""
+    return directory / f"fbshm-{os.getpid()}-{next(_names)}"
+
+
+@dataclass(slots=True)
+class ShmFrame:
+    """One frame's copy in one segment slot, and the message header naming it (built once,
+    shared by every subscriber of the rendition)."""
+
+    segment: Segment
+    ref: SlotRef
+    location: ShmLocation
+    header: FrameHeader | None = None
+
+
+@dataclass(slots=True)
+class Mapping:
+    """A reader's read-only mapping of one segment."""
+
+    name: str
+    map: mmap.mmap
+    size: int
+    uses: int = field(default=0)
+
+
+class SegmentMaps:
+    """Reader side: segment files mapped read-only, reused across frames (one mmap per
+    segment, not per frame). At most ``keep`` mappings stay open: the newest segments."""
+
+    def __init__(self, directory: Path, keep: int = 2) -> None:
+        self.directory = directory
+        self.keep = keep
+        self._maps: dict[str, Mapping] = {}
+        self.opened = 0
+
+    def payload(self, header: FrameHeader) -> memoryview | None:
+        """A read-only view of the message's payload; None if its slot was rewritten (the
+        frame is stale: skip it). ProtocolError if the segment is not what the message says."""
+        shm = header.shm
+        assert shm is not None
+        found = self._maps.get(shm.segment) or self._open(shm.segment)
+        if shm.offset + shm.length > found.size:
+            raise ProtocolError(f"shm payload {shm.offset}+{shm.length} past the end of "
+                                f"segment {shm.segment} ({found.size} bytes)")
+        if not stamp_matches(found.map, shm, header.seq):
+            return None
+        return memoryview(found.map)[shm.offset : shm.offset + shm.length]
+
+    def intact(self, header: FrameHeader) -> bool:
+        """True while the slot still holds the message's frame."""
+        shm = header.shm
+        found = None if shm is None else self._maps.get(shm.segment)
+        return shm is None or (found is not None and stamp_matches(found.map, shm, header.seq))
+
+    def _open(self, name: str) -> Mapping:
+        path = self.directory / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ProtocolError(f"shm segment {path}: cannot open: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < FIRST_SLOT:
+                raise ProtocolError(f"shm segment {path}: {size} bytes, not a segment")
+            mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        magic, version = SEGMENT_HEADER.unpack_from(mapped, 0)[:2]
+        if magic != SEGMENT_MAGIC or version != SEGMENT_VERSION:
+            raise ProtocolError(f"shm segment {path}: bad magic {magic!r} or version {version}")
+        while len(self._maps) >= self.keep:  # the oldest goes; views of it keep it mapped
+            del self._maps[next(iter(self._maps))]
+        self.opened += 1
+        found = self._maps[name] = Mapping(name, mapped, size)
+        return found
+
+
+def stamp_matches(mapped: mmap.mmap, shm: ShmLocation, seq: int) -> bool:
+    """The slot's stamp names this write of this frame."""
+    magic, _, token, stamped_seq, length = STAMP.unpack_from(mapped, shm.offset - SHM_ALIGN)
+    return magic == STAMP_MAGIC and (token, stamped_seq, length) == (shm.token, seq, shm.length)

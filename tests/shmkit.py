@@ -1,0 +1,118 @@
+"""Test helpers for the shm transport: frames whose every pixel encodes their seq, a publisher
+that feeds them to a real store and fan-out loop, and pattern-checking reader processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from waiting import wait_for
+
+from framebus.fanout import FanoutLoop
+from framebus.store import LatestFrameStore, StoredFrame
+from framebus.wire import CaptureSource
+
+SHM_READER = Path(__file__).resolve().parent / "shm_reader_proc.py"
+
+
+def pattern(seq: int, width: int, height: int) -> np.ndarray:
+    """bgr24 pixels that depend on (x, y, channel, seq): a torn or stale frame cannot match."""
+    y, x, c = np.ogrid[:height, :width, :3]
+    return ((x + 3 * y + 85 * c + 7 * seq) % 256).astype(np.uint8)
+
+
+class PatternPublisher:
+    """Publishes pattern frames of one camera into the store from a thread, as a decoder
+    thread does; ``size`` may be changed while it runs (a resolution change)."""
+
+    def __init__(self, store: LatestFrameStore, camera: str = "cam",
+                 size: tuple[int, int] = (160, 120), period_s: float = 0.002) -> None:
+        self.store, self.camera, self.size, self.period_s = store, camera, size, period_s
+        self.seq = 0
+        self.epoch = 1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pattern", daemon=True)
+
+    def __enter__(self) -> PatternPublisher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def resize(self, size: tuple[int, int]) -> None:
+        """Switch to another frame size (with a new epoch, as a camera would)."""
+        self.size = size
+        self.epoch += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.seq += 1
+            width, height = self.size
+            frame = av.VideoFrame.from_ndarray(pattern(self.seq, width, height), format="bgr24")
+            self.store.publish(StoredFrame(
+                camera=self.camera, seq=self.seq, epoch=self.epoch, frame=frame, pts=self.seq,
+                time_base=(1, 90000), capture_time_ns=time.time_ns(),
+                capture_source=CaptureSource.RECEIVE, keyframe=True))
+            self._stop.wait(self.period_s)
+
+
+@contextmanager
+def running_loop() -> Iterator[tuple[LatestFrameStore, FanoutLoop]]:
+    """A real store and fan-out loop, stopped (segments unlinked) at exit."""
+    store = LatestFrameStore()
+    loop = FanoutLoop(store, open_retry_s=0.05)
+    loop.start()
+    try:
+        yield store, loop
+    finally:
+        loop.stop(drain_s=0.5)
+
+
+class PatternReader:
+    """A consumer process (shm_reader_proc.py) that checks every pixel of every frame against
+    its seq; its JSON lines are collected."""
+
+    def __init__(self, fifo: Path, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(SHM_READER), str(fifo), *args],
+                                     stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        self.records: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.records.append(json.loads(line))
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """The newest progress record (frames, bad, stale, last seq, size)."""
+        return self.records[-1] if self.records else {"frames": 0}
+
+    def wait_frames(self, count: int, timeout: float = 60) -> dict[str, Any]:
+        """Wait until the reader has checked at least ``count`` frames."""
+        def enough() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the reader exited: {self.records[-2:]}")
+            return int(self.progress["frames"]) >= count
+        wait_for(enough, timeout, f"{count} checked frames")
+        return self.progress
+
+    def stop(self, timeout: float = 30) -> dict[str, Any]:
+        """Close its stdin (it ends cleanly) and return its summary."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout)
+        self._thread.join(timeout)
+        return self.progress
