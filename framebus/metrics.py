@@ -95,6 +95,19 @@ class FramebusCollector(Collector):
                                           "Readers that left", labels=labels)
         latency = HistogramMetricFamily("framebus_subscriber_latency_seconds",
                                         "Publish to fully written", labels=labels)
+        info = GaugeMetricFamily("framebus_subscriber_info", "1 per subscriber, with its "
+                                 "transport", labels=[*labels, "transport"])
+        pinned = GaugeMetricFamily("framebus_subscriber_shm_pinned_slots",
+                                   "shm slots the subscriber keeps from reuse (at most 3)",
+                                   labels=labels)
+        segment_bytes = GaugeMetricFamily("framebus_subscriber_shm_segment_bytes",
+                                          "Size of the shm segment the subscriber reads "
+                                          "(shared with its rendition's other shm subscribers)",
+                                          labels=labels)
+        failures = CounterMetricFamily("framebus_subscriber_shm_failures",
+                                       "Attempts to make the subscriber's shm segment that "
+                                       "failed, by reason", labels=[*labels, "reason"])
+        exporter = self.daemon.fanout.exporter
         for name, sub in list(self.daemon.fanout.subscribers.items()):
             key = [name, sub.spec.camera]
             stats = sub.outbox.stats
@@ -109,7 +122,17 @@ class FramebusCollector(Collector):
                 cumulative += count
                 buckets.append((_bound(bound), cumulative))
             latency.add_metric(key, buckets, sub.latency.sum_s)
-        yield from (sent, dropped, sent_bytes, connected, disconnects, latency)
+            info.add_metric([*key, sub.spec.transport], 1)
+            if sub.shm_key is not None:
+                state = exporter.state(sub.shm_key)
+                segment = state.segment if state is not None else None
+                pinned.add_metric(key, sub.pinned_slots)
+                segment_bytes.add_metric(key, segment.size if segment is not None else 0)
+                for reason in ("no_space", "permission", "error", "no_free_slot"):
+                    count = state.failures[reason] if state is not None else 0
+                    failures.add_metric([*key, reason], count)
+        yield from (sent, dropped, sent_bytes, connected, disconnects, latency, info, pinned,
+                    segment_bytes, failures)
 
 
 def _bound(value: float) -> str:
