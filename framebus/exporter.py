@@ -9,7 +9,8 @@ Invariants:
 
 * One segment per key at a time, sized ``capacity(n)`` slots for its ``n`` subscribers; a
   change of frame geometry (size, format, layout) or more subscribers than it was made for
-  makes a new segment, and the old one is retired (unlinked; pinned slots stay readable).
+  makes a new segment. The old one is retired: no new frames, and its file is unlinked once
+  none of its slots is pinned (a reader may still have a message naming it unread).
 * A key whose segment cannot be made records the error (``status``) and retries at most once a
   second; its subscribers get no frames meanwhile, every other key and subscriber carries on.
 """
@@ -65,6 +66,7 @@ class ShmExporter:
         self._keys: dict[str, dict[ShmKey, ExportState]] = {}  # copy-on-write per camera
         # each segment's tokens start at a new multiple of 2**40: no two writes share a token
         self._token_blocks = itertools.count(1)
+        self._retired: list[Segment] = []  # unlinked once no slot of theirs is pinned
 
     def want(self, key: ShmKey) -> None:
         """One more subscriber of ``key``."""
@@ -85,8 +87,9 @@ class ShmExporter:
             if state.subscribers <= 0:
                 del states[key]
                 if state.segment is not None:
-                    state.segment.retire()
+                    self._retire(state.segment)
             self._keys[key.camera] = states
+        self._reap()
 
     def state(self, key: ShmKey) -> ExportState | None:
         """The key's current state (None once nobody wants it)."""
@@ -118,14 +121,19 @@ class ShmExporter:
         for shm in stored.shm.values():
             shm.segment.pool.unpin(shm.ref)
         stored.shm.clear()
+        if self._retired:
+            self._reap()
 
     def close(self) -> None:
         """Daemon exit: unlink every segment."""
         with self._lock:
             for _, state in self.states():
                 if state.segment is not None:
-                    state.segment.retire()
+                    state.segment.unlink()
             self._keys.clear()
+            for segment in self._retired:
+                segment.unlink()
+            self._retired.clear()
 
     def _segment_for(self, key: ShmKey, state: ExportState, payload: Payload) -> Segment | None:
         segment = state.segment
@@ -147,10 +155,23 @@ class ShmExporter:
             return None
         with self._lock:
             if segment is not None:
-                segment.retire()
+                self._retire(segment)
             if state.subscribers <= 0:  # the last subscriber left while we made it
-                made.retire()
+                made.unlink()
                 return None
             state.segment, state.error = made, ""
             state.segments_made += 1
         return made
+
+    def _retire(self, segment: Segment) -> None:
+        segment.retired = True
+        self._retired.append(segment)
+
+    def _reap(self) -> None:
+        # A retired segment gains no pins (only slots with references can be pinned), so one
+        # seen at zero references stays there: unlink it. Until then, messages naming it may
+        # still be unread in some pipe, and their readers must find the file.
+        with self._lock:
+            for segment in [s for s in self._retired if s.pool.references() == 0]:
+                segment.unlink()
+                self._retired.remove(segment)

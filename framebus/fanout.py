@@ -170,7 +170,7 @@ class FanoutLoop:
                     continue
                 if events & select.EPOLLOUT:
                     self._flush(sub)
-                elif events & _ERR:
+                elif events & _ERR and _no_reader(fd):
                     self._reader_left(sub)
             self.ticks += 1
             if self.on_tick is not None:
@@ -323,13 +323,14 @@ class FanoutLoop:
                 self._offer(sub, frame, now)  # a new reader starts with the newest frame
 
     def _reader_left(self, sub: Subscriber) -> None:
-        if sub.ledger is not None:  # the reader closed its end: it holds nothing any more
-            for held in sub.ledger.clear():
-                release(held)
-        if sub.retiring:  # a removed or one-shot subscriber: nothing to reconnect
-            self._close(sub)
-            return
+        # the reader closed its end, so it holds nothing any more; close ours first (a
+        # reopen racing this sees a fresh pipe sooner), then let its slots go
+        held = sub.ledger.clear() if sub.ledger is not None else []
         self._close(sub)
+        for token in held:
+            release(token)
+        if sub.retiring:  # a removed or one-shot subscriber: nothing to reconnect
+            return
         sub.outbox.reader_gone()
         sub.last_offered_seq = 0
         sub.disconnects += 1
@@ -411,3 +412,12 @@ class FanoutLoop:
     def _unpark(self, now: int) -> None:
         while self._parked and (self._stopping or self._parked[0][0] <= now):
             release(self._parked.pop(0)[1])
+
+
+def _no_reader(fd: int) -> bool:
+    """True while the pipe has no reader. epoll's EPOLLERR may be stale by the time it is
+    handled: a reader that closed and reopened at once is in the same pipe again, at the same
+    message boundary, and dropping it now would only cost it an EOF and a reopen."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))

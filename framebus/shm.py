@@ -14,9 +14,10 @@ Invariants:
   mapped or named to anyone, so no access inside it can fault for lack of space: no SIGBUS,
   in the daemon or a reader. A full file system is an error when the segment is made.
 * Only the daemon's user may write a segment (mode ``0600 | fifo_mode & 0o044``, the FIFO's
-  group); readers map it read-only. Retired segments are unlinked at once; mappings keep them
-  alive until the last reader lets go. Segments of daemons no longer running are removed at
-  start (``remove_stale``).
+  group); readers map it read-only. A retired segment is unlinked once none of its slots is
+  pinned, so every message a reader may still read names a file that exists; mappings keep it
+  alive after that. Segments of daemons no longer running are removed at start
+  (``remove_stale``).
 * The writer clears a slot's token before copying and stamps it after, so a reader can tell a
   slot that was rewritten under it (which the hold rule forbids) from the frame it was sent.
 """
@@ -30,6 +31,7 @@ import itertools
 import mmap
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +83,7 @@ class Segment:
         self.name = path.name
         self.slot_size = slot_size
         self.size = FIRST_SLOT + slot_size * slot_count
-        self.retired = False
+        self.retired = False  # no new frames go here; unlinked once no slot is pinned
         self.geometry: tuple[object, ...] = ()  # what its frames look like (exporter's key)
         self._map = _create(path, self.size, mode, group)
         SEGMENT_HEADER.pack_into(self._map, 0, SEGMENT_MAGIC, SEGMENT_VERSION, slot_size,
@@ -102,12 +104,10 @@ class Segment:
         STAMP.pack_into(self._map, base, STAMP_MAGIC, 0, ref.token, seq, payload.nbytes)
         return ShmLocation(self.name, base + SHM_ALIGN, payload.nbytes, ref.token)
 
-    def retire(self) -> None:
-        """No new frames go here; unlink the file (readers' mappings stay valid)."""
-        if not self.retired:
-            self.retired = True
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+    def unlink(self) -> None:
+        """Remove the file; readers that mapped it keep their mappings."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
 
 def _create(path: Path, size: int, mode: int, group: str | None) -> mmap.mmap:
@@ -215,11 +215,14 @@ class SegmentMaps:
         self.opened = 0
 
     def payload(self, header: FrameHeader) -> memoryview | None:
-        """A read-only view of the message's payload; None if its slot was rewritten (the
-        frame is stale: skip it). ProtocolError if the segment is not what the message says."""
+        """A read-only view of the message's payload; None if its slot was rewritten or its
+        segment is gone (the frame is stale: skip it). ProtocolError if the segment is not what
+        the message says."""
         shm = header.shm
         assert shm is not None
         found = self._maps.get(shm.segment) or self._open(shm.segment)
+        if found is None:
+            return None
         if shm.offset + shm.length > found.size:
             raise ProtocolError(f"shm payload {shm.offset}+{shm.length} past the end of "
                                 f"segment {shm.segment} ({found.size} bytes)")
@@ -233,14 +236,19 @@ class SegmentMaps:
         found = None if shm is None else self._maps.get(shm.segment)
         return shm is None or (found is not None and stamp_matches(found.map, shm, header.seq))
 
-    def _open(self, name: str) -> Mapping:
+    def _open(self, name: str) -> Mapping | None:
         path = self.directory / name
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:  # O_NONBLOCK: a FIFO planted under a segment's name must not hang us
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None  # gone with a daemon that died: the frame is stale, not the stream
         except OSError as exc:
             raise ProtocolError(f"shm segment {path}: cannot open: {exc.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            size = info.st_size
+            if not stat.S_ISREG(info.st_mode):
+                raise ProtocolError(f"shm segment {path} is not a regular file")
             if size < FIRST_SLOT:
                 raise ProtocolError(f"shm segment {path}: {size} bytes, not a segment")
             mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)

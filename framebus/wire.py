@@ -257,7 +257,7 @@ def _decode_shm(data: bytes | bytearray | memoryview, payload_len: int,
 def _check_shm(shm: ShmLocation) -> None:
     if not SHM_NAME.fullmatch(shm.segment):
         raise ProtocolError(f"bad shm segment name {shm.segment!r}")
-    if shm.offset < SHM_ALIGN or shm.offset % SHM_ALIGN or shm.offset >= 2**62:
+    if shm.offset < SHM_ALIGN or shm.offset % SHM_ALIGN:
         raise ProtocolError(f"shm offset {shm.offset} is not a multiple of {SHM_ALIGN} "
                             f"from {SHM_ALIGN}")
     if shm.length == 0 or shm.token == 0:

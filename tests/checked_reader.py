@@ -56,6 +56,7 @@ class Checker:
         self.protocol_errors = 0
         self.seq_errors = 0
         self.truncated = 0
+        self.stale = 0  # shm frames whose slot was rewritten before they were read: skipped
         self.spliced = 0
         self.opens = 0
         self.errors: list[str] = []
@@ -95,7 +96,7 @@ class Checker:
         return json.dumps({"end": True, "frames": self.frames, "truncated": self.truncated,
                            "protocol_errors": self.protocol_errors,
                            "seq_errors": self.seq_errors, "spliced": self.spliced,
-                           "opens": self.opens,
+                           "opens": self.opens, "stale": self.stale,
                            "errors": self.errors})
 
 
@@ -152,6 +153,7 @@ def stream(path: str, checker: Checker, stop: threading.Event, deadline: float) 
             stop.wait(AFTER_ERROR_S)
         finally:
             checker.truncated += sub.stats.truncated
+            checker.stale += sub.stats.stale
             checker.opens += sub.stats.opens
             sub.close()
 
@@ -184,6 +186,7 @@ def cycle(path: str, checker: Checker, stop: threading.Event, deadline: float, c
                 checker.protocol_error(exc)
         finally:
             checker.opens += sub.stats.opens
+            checker.stale += sub.stats.stale
             sub.close()
         if max_delay_us:
             time.sleep(rng.randrange(max_delay_us + 1) / 1e6)  # the gap between close and open

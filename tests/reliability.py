@@ -143,6 +143,14 @@ FAULTS: tuple[Fault, ...] = (
         "0.2 s). Once both ends are closed the kernel discards the pipe's contents, so the next "
         "reader starts at a message boundary with the newest frame."),
     Fault(
+        "reader_killed_mid_message_shm", "shm reader killed half-way through a 240-byte "
+        "header-only message", "bounded",
+        "the daemon counts the subscriber's disconnect",
+        "a new reader process opens the FIFO → its first frame",
+        "As for a FIFO reader, plus the slots: the killed reader's held and unread slots are "
+        "released as soon as the daemon sees it leave (EPOLLERR or EPIPE), and the next reader "
+        "is sent the newest frame, whose slot the store keeps pinned for exactly this."),
+    Fault(
         "reader_stalled", "Reader stopped (SIGSTOP) for 5 s, then continued", "soak",
         "the subscriber's `dropped{reason=slow_reader}` starts counting",
         "SIGCONT → the reader receives a frame published after that",
@@ -165,6 +173,16 @@ FAULTS: tuple[Fault, ...] = (
         "daemon's EPIPE and its close(), with part of a message still in the pipe, makes the "
         "daemon close again without writing (the FIONREAD check, see Findings): the reader "
         "sees that part end in EOF and drops it."),
+    Fault(
+        "reader_reopen_100_shm", "An shm reader closing and reopening its FIFO 100 times",
+        "bounded", "— (not a failure)", "median time from an open to the first whole frame",
+        "As with FIFO readers; the payloads are in shared memory and every one is checked "
+        "(seq continuity, no message start inside the payload). A reopen before the daemon "
+        "noticed the close continues the same pipe, so the daemon's record of what the reader "
+        "holds stays right; a reopen after it starts a new ledger with the newest frame. More "
+        "opens than with FIFOs end in a clean EOF without a frame: the daemon is idle between "
+        "these small messages and reacts to a close within microseconds, so a reopen more "
+        "often lands in the old pipe just before the daemon closes it (the test allows 20 %)."),
     Fault(
         "reader_reopen_1000", "A reader closing and reopening 1000 times, 0-300 µs apart",
         "soak", "— (not a failure)", "median time from an open to the first whole frame",
