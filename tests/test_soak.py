@@ -43,6 +43,7 @@ FPS = 15
 RENDITIONS: list[dict[str, Any]] = [
     {"format": "gray"}, {"format": "bgr24", "width": 160}, {"format": "rgb24"},
     {"format": "yuv420p"}, {"format": "nv12", "width": 160}, {"format": "jpeg", "width": 160},
+    {"format": "bgr24", "transport": "shm"}, {"format": "gray", "width": 160, "transport": "shm"},
 ]
 MAX_SHORT_LIVED = 3  # short-lived subscribers at once
 STEP_FRAMES = 30  # a step lasts at least this many frames of c0 (2 s at 15 fps)
@@ -183,6 +184,9 @@ class Soak:
                 "subscriptions"]}
             return names == {"long0", "long1"}
         wait_for(only_long_lived, 20, "the short-lived subscribers to be gone")
+        # no shm segment outlives its subscribers (their readers' last pins go within 2 s)
+        wait_for(lambda: not list(self.fifo_dir.glob("fbshm-*")), 20,
+                 "the short-lived subscribers' shm segments to be unlinked")
         last: tuple[int, int] | None = None
         since = time.monotonic()
 
