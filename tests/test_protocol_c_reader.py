@@ -1,5 +1,7 @@
 """The spec suffices: docs/examples/reader.c, written from docs/PROTOCOL.md alone, reads what
-framebus.wire writes, through a real FIFO, in random chunk sizes, and rejects what it must."""
+framebus.wire writes, through a real FIFO, in random chunk sizes, and rejects what it must.
+
+Revision 1.1 (shm payloads) is tested in test_protocol_c_reader_shm.py with the helpers here."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import shutil
 import struct
 import subprocess
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from framegen import make_frame
@@ -25,6 +29,7 @@ from framebus.wire import (
     PixelFormat,
     encode_header,
     encode_message,
+    plane_shapes,
 )
 
 READER_C = Path(__file__).resolve().parent.parent / "docs" / "examples" / "reader.c"
@@ -35,16 +40,21 @@ PADDINGS = [0, 1, 3, 2, 5]
 Frame = tuple[FrameHeader, bytes]
 
 
-@pytest.fixture(scope="module")
-def reader_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def compile_reader(directory: Path) -> Path:
+    """Build docs/examples/reader.c as the spec's readers would (skip without gcc)."""
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc is not installed, so docs/examples/reader.c cannot be compiled")
-    exe = tmp_path_factory.mktemp("c-reader") / "reader"
+    exe = directory / "reader"
     cmd = [gcc, "-std=c99", "-Wall", "-Werror", "-O2", "-o", str(exe), str(READER_C)]
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert built.returncode == 0, f"{' '.join(cmd)} failed:\n{built.stderr}"
     return exe
+
+
+@pytest.fixture(scope="module")
+def reader_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_reader(tmp_path_factory.mktemp("c-reader"))
 
 
 def expected_line(header: FrameHeader, payload_len: int) -> str:
@@ -70,7 +80,7 @@ def all_formats(seed: int) -> list[Frame]:
     return frames
 
 
-def open_writer(fifo: Path, proc: subprocess.Popen[str], deadline: float) -> int:
+def open_writer(fifo: Path, proc: subprocess.Popen[Any], deadline: float) -> int:
     """Open the FIFO for writing once the reader has it open (ENXIO until then)."""
     while True:
         try:
@@ -124,6 +134,75 @@ def run_reader(
             proc.kill()
             proc.communicate(timeout=TIMEOUT_S)
     return proc.returncode, out.splitlines(), err
+
+
+def pixel_crc(header: FrameHeader, payload: bytes) -> int:
+    """What ``reader -c`` prints: CRC-32 of each plane's rows, through offsets and strides."""
+    if header.format is PixelFormat.JPEG:
+        return zlib.crc32(payload)
+    crc = 0
+    shapes = plane_shapes(header.format, header.width, header.height)
+    for plane, shape in zip(header.planes, shapes, strict=True):
+        for y in range(shape.rows):
+            start = plane.offset + y * plane.stride
+            crc = zlib.crc32(payload[start : start + shape.row_bytes], crc)
+    return crc
+
+
+def checked_line(frame: Frame) -> str:
+    header, payload = frame
+    return f"{expected_line(header, len(payload))} {pixel_crc(header, payload):08x}"
+
+
+class LiveReader:
+    """The C reader on a FIFO fed message by message, its output read line by line."""
+
+    def __init__(self, exe: Path, directory: Path, args: Sequence[str] = (),
+                 stdout: int = subprocess.PIPE) -> None:
+        fifo = directory / "subscriber.fifo"
+        os.mkfifo(fifo)
+        self.deadline = time.monotonic() + TIMEOUT_S
+        # a relative FIFO path: the segments are in the reader's working directory
+        self.proc = subprocess.Popen([str(exe), *args, fifo.name], cwd=directory,
+                                     stdout=stdout, stderr=subprocess.PIPE)
+        self.fd = open_writer(fifo, self.proc, self.deadline)
+        self.rng = random.Random(71)
+        self._out = b""
+
+    def __enter__(self) -> LiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.proc.returncode is None:  # not finished: kill it, reap it, close its pipes
+            self.proc.kill()
+            self.proc.communicate(timeout=TIMEOUT_S)
+
+    def send(self, data: bytes) -> None:
+        write_in_chunks(self.fd, data, self.rng, self.deadline)
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        while b"\n" not in self._out:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.proc.stdout], [], [], remaining)[0]:
+                pytest.fail(f"no line from the reader in {TIMEOUT_S} s")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                _, err = self.proc.communicate(timeout=TIMEOUT_S)
+                pytest.fail(f"reader exited ({self.proc.returncode}): {err.decode()}")
+            self._out += chunk
+        line, self._out = self._out.split(b"\n", 1)
+        return line.decode()
+
+    def finish(self) -> tuple[int, str]:
+        """EOF for the reader; its exit code and stderr."""
+        os.close(self.fd)
+        self.fd = -1
+        _, err = self.proc.communicate(timeout=TIMEOUT_S)
+        return self.proc.returncode, err.decode()
 
 
 def test_c_reader_reads_every_format_in_random_chunks(reader_exe: Path, tmp_path: Path) -> None:

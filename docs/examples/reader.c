@@ -1,8 +1,10 @@
 /*
  * reader.c - a minimal framebus subscriber written from docs/PROTOCOL.md alone.
+ * It implements protocol version 1, revision 1.1: FIFO messages (revision 1.0) and
+ * shared-memory payloads (section 12).
  *
  * Build:  gcc -std=c99 -Wall -Werror -O2 -o fbus-reader reader.c
- * Usage:  fbus-reader [-m MAX_PAYLOAD_BYTES] FIFO
+ * Usage:  fbus-reader [-c] [-m MAX_PAYLOAD_BYTES] FIFO
  *
  * Opens FIFO for reading (blocking until a writer attaches), reads framebus v1 messages and
  * prints one line per frame to stdout:
@@ -10,16 +12,41 @@
  *     camera seq epoch missed format WxH payload_len keyframe
  *
  * e.g. "cam 42 1 2 gray 2x2 4 1" (keyframe is 1 or 0). Camera names are printed as they
- * are (UTF-8); a name containing spaces would make the line ambiguous to split.
+ * are (UTF-8); a name containing spaces would make the line ambiguous to split. For an shm
+ * message, payload_len is the payload's length in the segment (shm_length), so the line is
+ * the same whichever transport carried the frame.
  *
- * Exit status: 0 at a clean EOF at a message boundary; 3 on a protocol error or a message
- * truncated by EOF (the partial message is discarded, never printed); 1 on an I/O error;
- * 2 on a usage error. Errors are reported on stderr.
+ * -c appends a checksum of the frame's pixel data to each line: " %08x", the CRC-32 (the
+ * zlib/IEEE 802.3 one) of every row's pixel bytes, plane by plane in plane order, row by row,
+ * as addressed through the header's plane offsets and strides (section 5). Row padding and
+ * bytes no plane covers are not included. For jpeg it is the CRC-32 of the whole payload.
  *
- * Portable C99 plus POSIX open/read/close; no other dependencies. Integers are decoded byte
- * by byte, so the host's byte order and alignment rules do not matter. It reads with a
- * blocking open and exits at EOF; a long-running consumer would instead close and reopen
- * the FIFO after EOF to wait for the next writer (PROTOCOL.md section 10).
+ * Shared memory (section 12). An shm message (flag bit 1) carries no payload in the stream;
+ * it names a segment file in the FIFO's directory (the directory part of FIFO as given on the
+ * command line). After rules S1..S6 and H8 (against shm_length), the segment is opened with
+ * O_RDONLY | O_NOFOLLOW and mapped PROT_READ, MAP_SHARED; a mapping is reused for later
+ * messages naming the same segment, and at most MAX_MAPPINGS (2) stay mapped (the least
+ * recently used goes). M1 (segment file) and M2 (payload inside it) are protocol errors. A
+ * frame whose segment file does not exist (M0) or whose slot stamp does not name it (M3) is
+ * stale: it is skipped (no line), counted, and reading goes on; with -c the stamp is checked
+ * again after the checksum, and a frame whose slot changed meanwhile is skipped and counted
+ * the same way. At a clean EOF, if any
+ * frames were stale, one line goes to stderr: "PROGRAM: skipped N stale shm frame(s)".
+ * The hold rule is kept by construction: the reader reads exactly the 16 prefix bytes, then
+ * exactly header_len bytes, then exactly payload_len bytes, never more (no read-ahead), so it
+ * has consumed no byte of the next message while it uses a payload.
+ *
+ * Exit status: 0 at a clean EOF at a message boundary (stale frames included); 3 on a
+ * protocol error or a message truncated by EOF (the partial message is discarded, never
+ * printed); 1 on an I/O error (including a segment that opens but cannot be mapped); 2 on a
+ * usage error. Errors are reported on stderr.
+ *
+ * Portable C99 plus POSIX open/read/close/fstat/mmap; no other dependencies. Integers are
+ * decoded byte by byte, in the stream and in the segment, so the host's byte order and
+ * alignment rules do not matter. It reads with a blocking open and exits at EOF; a
+ * long-running consumer would instead close and reopen the FIFO after EOF to wait for the
+ * next writer (PROTOCOL.md section 10), and unmap every segment when it does (a new daemon
+ * may reuse a name).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -31,15 +58,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PREFIX_LEN 16u
 #define HEADER_V1_LEN 168u
+#define HEADER_SHM_LEN 224u
 #define MAX_HEADER_LEN 4096u
 #define DEFAULT_MAX_PAYLOAD_LEN (256u * 1024u * 1024u)
 #define CAMERA_NAME_MAX 64u
 #define MAX_PLANES 4u
 #define MAX_DIMENSION 32768u
+
+#define FLAG_KEYFRAME 0x0001u
+#define FLAG_SHM 0x0002u
+#define SHM_NAME_LEN 32u      /* shm_segment field: ASCII, NUL-padded */
+#define SHM_ALIGN 64u         /* shm_offset: a multiple of 64, >= 64; the stamp precedes it */
+#define SEGMENT_MIN_LEN 4096u /* page 0: the segment header */
+#define STAMP_LEN 32u         /* bytes of the 64-byte stamp that carry fields */
+#define MAX_MAPPINGS 2u
 
 #define EXIT_IO 1
 #define EXIT_USAGE 2
@@ -56,6 +94,11 @@ struct plane {
     uint32_t stride;
 };
 
+struct shm_location {
+    char segment[SHM_NAME_LEN + 1];
+    uint64_t offset, length, token;
+};
+
 struct header {
     char camera[CAMERA_NAME_MAX + 1];
     uint64_t seq, epoch, missed;
@@ -65,6 +108,8 @@ struct header {
     unsigned format, capture_source, flags, plane_count;
     uint32_t width, height;
     struct plane planes[MAX_PLANES];
+    int shm;                 /* flag bit 1: the payload is in a segment (section 12) */
+    struct shm_location loc; /* valid when shm */
 };
 
 static const char *program = "reader";
@@ -108,7 +153,8 @@ static int64_t le64s(const unsigned char *p)
 
 /* ---- I/O ---- */
 
-/* Read up to len bytes, looping over short reads; return how many arrived before EOF. */
+/* Read up to len bytes, looping over short reads; return how many arrived before EOF.
+ * Never asks for more than len bytes: nothing of the next message is consumed early. */
 static size_t read_full(int fd, unsigned char *buf, size_t len)
 {
     size_t got = 0;
@@ -132,7 +178,7 @@ static void need(int fd, unsigned char *buf, size_t len, const char *stage)
         die(EXIT_PROTOCOL, "truncated message at EOF: %s has %zu of %zu bytes", stage, got, len);
 }
 
-/* ---- validation (PROTOCOL.md section 9) ---- */
+/* ---- validation (PROTOCOL.md sections 9 and 12) ---- */
 
 /* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. */
 static int valid_utf8(const unsigned char *s, size_t len)
@@ -169,6 +215,44 @@ static int valid_utf8(const unsigned char *s, size_t len)
     return 1;
 }
 
+/* Count the ASCII digits at s[*i..len), advancing *i past them. */
+static size_t digits(const unsigned char *s, size_t len, size_t *i)
+{
+    size_t start = *i;
+    while (*i < len && s[*i] >= '0' && s[*i] <= '9')
+        (*i)++;
+    return *i - start;
+}
+
+/* S4: the whole name matches fbshm-[0-9]{1,10}-[0-9]{1,20} (so no '/', no "..", no NUL). */
+static int valid_segment_name(const unsigned char *s, size_t len)
+{
+    size_t i = 6, n;
+    if (len < 6 || memcmp(s, "fbshm-", 6) != 0)
+        return 0;
+    n = digits(s, len, &i);
+    if (n < 1 || n > 10 || i >= len || s[i] != '-')
+        return 0;
+    i++;
+    n = digits(s, len, &i);
+    return n >= 1 && n <= 20 && i == len;
+}
+
+/* A name from the wire, quoted for an error message: printable ASCII as is, others \xHH. */
+static const char *quoted(const unsigned char *s, size_t len)
+{
+    static char out[4 * SHM_NAME_LEN + 1];
+    size_t o = 0;
+    for (size_t i = 0; i < len && i < SHM_NAME_LEN; i++) {
+        if (s[i] >= 0x20 && s[i] < 0x7F && s[i] != '\\' && s[i] != '\'')
+            out[o++] = (char)s[i];
+        else
+            o += (size_t)snprintf(out + o, sizeof out - o, "\\x%02x", s[i]);
+    }
+    out[o] = '\0';
+    return out;
+}
+
 struct plane_shape {
     uint64_t rows, row_bytes;
 };
@@ -199,7 +283,39 @@ static unsigned plane_shapes(unsigned format, uint64_t w, uint64_t h, struct pla
     }
 }
 
-static void parse_header(const unsigned char *b, uint64_t payload_len, struct header *hd)
+/* S1..S6 (section 12): the appended fields of a message with flag bit 1. */
+static void parse_shm(const unsigned char *b, unsigned header_len, uint64_t payload_len,
+                      uint64_t max_payload_len, struct shm_location *loc)
+{
+    if (header_len < HEADER_SHM_LEN) /* S1 */
+        die(EXIT_PROTOCOL, "protocol error: shm message needs header length >= %u, got %u",
+            HEADER_SHM_LEN, header_len);
+    if (payload_len != 0) /* S2 */
+        die(EXIT_PROTOCOL, "protocol error: shm message must have payload length 0, got %"
+            PRIu64, payload_len);
+    const unsigned char *name = b + HEADER_V1_LEN;
+    size_t name_len = SHM_NAME_LEN;
+    while (name_len > 0 && name[name_len - 1] == 0)
+        name_len--;
+    loc->offset = le64(b + 200);
+    loc->length = le64(b + 208);
+    loc->token = le64(b + 216);
+    if (loc->length > max_payload_len) /* S3 */
+        die(EXIT_PROTOCOL, "protocol error: shm payload length %" PRIu64
+            " over the limit of %" PRIu64, loc->length, max_payload_len);
+    if (!valid_segment_name(name, name_len)) /* S4 */
+        die(EXIT_PROTOCOL, "protocol error: bad shm segment name '%s'", quoted(name, name_len));
+    memcpy(loc->segment, name, name_len);
+    loc->segment[name_len] = '\0';
+    if (loc->offset < SHM_ALIGN || loc->offset % SHM_ALIGN != 0) /* S5 */
+        die(EXIT_PROTOCOL, "protocol error: shm offset %" PRIu64
+            " is not a multiple of %u from %u", loc->offset, SHM_ALIGN, SHM_ALIGN);
+    if (loc->length == 0 || loc->token == 0) /* S6 */
+        die(EXIT_PROTOCOL, "protocol error: shm message with zero length or zero token");
+}
+
+static void parse_header(const unsigned char *b, unsigned header_len, uint64_t payload_len,
+                         uint64_t max_payload_len, struct header *hd)
 {
     /* H1, H2: camera name = 64 bytes minus trailing NULs, non-empty, UTF-8, no inner NUL */
     size_t name_len = CAMERA_NAME_MAX;
@@ -233,7 +349,8 @@ static void parse_header(const unsigned char *b, uint64_t payload_len, struct he
         hd->planes[i].offset = le32(b + 136 + 8 * i);
         hd->planes[i].stride = le32(b + 140 + 8 * i);
     }
-    /* bytes 168..header_len-1 belong to later minor revisions: skipped by the caller */
+    /* bytes 168..header_len-1: revision 1.1's shm fields when flag bit 1 is set (read
+     * below), otherwise fields of later minor revisions, ignored */
 
     if (hd->format < FMT_BGR24 || hd->format > FMT_JPEG) /* H3 */
         die(EXIT_PROTOCOL, "protocol error: unknown pixel format code %u", hd->format);
@@ -247,8 +364,16 @@ static void parse_header(const unsigned char *b, uint64_t payload_len, struct he
         die(EXIT_PROTOCOL, "protocol error: plane count %u over %u", hd->plane_count,
             MAX_PLANES);
 
+    /* S1..S6; the layout is then checked against shm_length instead of payload_len */
+    hd->shm = (hd->flags & FLAG_SHM) != 0;
+    uint64_t layout_len = payload_len;
+    if (hd->shm) {
+        parse_shm(b, header_len, payload_len, max_payload_len, &hd->loc);
+        layout_len = hd->loc.length;
+    }
+
     if (hd->format == FMT_JPEG) { /* H7 */
-        if (hd->plane_count != 1 || hd->planes[0].offset != 0 || payload_len == 0)
+        if (hd->plane_count != 1 || hd->planes[0].offset != 0 || layout_len == 0)
             die(EXIT_PROTOCOL,
                 "protocol error: jpeg message must have one plane at offset 0 and a payload");
         return;
@@ -264,14 +389,166 @@ static void parse_header(const unsigned char *b, uint64_t payload_len, struct he
             die(EXIT_PROTOCOL, "protocol error: plane %u: stride %" PRIu64 " < row size %" PRIu64,
                 i, stride, shapes[i].row_bytes);
         uint64_t end = hd->planes[i].offset + stride * (shapes[i].rows - 1) + shapes[i].row_bytes;
-        if (end > payload_len)
+        if (end > layout_len)
             die(EXIT_PROTOCOL,
                 "protocol error: plane %u ends at byte %" PRIu64 ", past payload %" PRIu64, i,
-                end, payload_len);
+                end, layout_len);
     }
 }
 
-/* ---- main loop (PROTOCOL.md section 10, "Reading algorithm") ---- */
+/* ---- shared-memory segments (PROTOCOL.md section 12) ---- */
+
+struct mapping {
+    char name[SHM_NAME_LEN + 1];
+    const unsigned char *base; /* NULL: this entry is free */
+    size_t size;
+    uint64_t used; /* when it was last used, for least-recently-used eviction */
+};
+
+static struct mapping mappings[MAX_MAPPINGS];
+static uint64_t mapping_clock;
+static char *segment_path; /* the FIFO's directory part, then room for a segment name */
+static size_t segment_dir_len;
+
+/* Segments live in the FIFO's directory: keep the FIFO path up to its last '/'. */
+static void set_segment_dir(const char *fifo_path)
+{
+    const char *slash = strrchr(fifo_path, '/');
+    segment_dir_len = slash == NULL ? 0 : (size_t)(slash - fifo_path) + 1;
+    segment_path = malloc(segment_dir_len + SHM_NAME_LEN + 1);
+    if (segment_path == NULL)
+        die(EXIT_IO, "out of memory");
+    memcpy(segment_path, fifo_path, segment_dir_len);
+    segment_path[segment_dir_len] = '\0';
+}
+
+/* M1: open and map a segment read-only; check its size, magic and version. NULL if the
+ * file does not exist (M0: its daemon died and the next one removed it; the frame is stale). */
+static struct mapping *map_segment(const char *name)
+{
+    memcpy(segment_path + segment_dir_len, name, strlen(name) + 1);
+    int fd;
+    do /* O_NONBLOCK: a FIFO planted under a segment's name must not block the open */
+        fd = open(segment_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0 && errno == ENOENT)
+        return NULL;
+    if (fd < 0)
+        die(EXIT_PROTOCOL, "protocol error: shm segment %s: cannot open: %s", segment_path,
+            strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        die(EXIT_IO, "shm segment %s: cannot stat: %s", segment_path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        die(EXIT_PROTOCOL, "protocol error: shm segment %s: not a regular file", segment_path);
+    if (st.st_size < (off_t)SEGMENT_MIN_LEN)
+        die(EXIT_PROTOCOL, "protocol error: shm segment %s: %jd bytes, not a segment",
+            segment_path, (intmax_t)st.st_size);
+    if ((uintmax_t)st.st_size > SIZE_MAX)
+        die(EXIT_PROTOCOL, "protocol error: shm segment %s: %jd bytes, too large to map",
+            segment_path, (intmax_t)st.st_size);
+    size_t size = (size_t)st.st_size;
+    void *mapped = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    if (mapped == MAP_FAILED)
+        die(EXIT_IO, "shm segment %s: cannot map %zu bytes: %s", segment_path, size,
+            strerror(errno));
+    close(fd); /* the mapping stays valid, even once the daemon unlinks the file */
+    const unsigned char *base = mapped;
+    if (memcmp(base, "FBSM", 4) != 0 || le32(base + 4) != 1)
+        die(EXIT_PROTOCOL, "protocol error: shm segment %s: bad magic %02x %02x %02x %02x "
+            "or version %" PRIu32 " (expected \"FBSM\" version 1)", segment_path, base[0],
+            base[1], base[2], base[3], le32(base + 4));
+
+    /* a free entry, or the least recently used one, unmapped: it holds no payload in use */
+    struct mapping *slot = &mappings[0];
+    for (unsigned i = 0; i < MAX_MAPPINGS; i++) {
+        if (mappings[i].base == NULL) {
+            slot = &mappings[i];
+            break;
+        }
+        if (mappings[i].used < slot->used)
+            slot = &mappings[i];
+    }
+    if (slot->base != NULL)
+        munmap((void *)slot->base, slot->size);
+    memcpy(slot->name, name, strlen(name) + 1);
+    slot->base = base;
+    slot->size = size;
+    return slot;
+}
+
+/* The mapping of the message's segment (reused if mapped), with M2 checked; NULL if the
+ * segment is gone (M0). */
+static const struct mapping *segment_for(const struct shm_location *loc)
+{
+    struct mapping *found = NULL;
+    for (unsigned i = 0; i < MAX_MAPPINGS && found == NULL; i++)
+        if (mappings[i].base != NULL && strcmp(mappings[i].name, loc->segment) == 0)
+            found = &mappings[i];
+    if (found == NULL)
+        found = map_segment(loc->segment);
+    if (found == NULL)
+        return NULL;
+    found->used = ++mapping_clock;
+    if (loc->offset > found->size || loc->length > found->size - loc->offset) /* M2 */
+        die(EXIT_PROTOCOL, "protocol error: shm payload %" PRIu64 "+%" PRIu64
+            " past the end of segment %s (%zu bytes)", loc->offset, loc->length, loc->segment,
+            found->size);
+    return found;
+}
+
+/* M3: the slot's stamp (64 bytes before the payload) names this write of this frame. */
+static int stamp_matches(const struct mapping *m, const struct shm_location *loc, uint64_t seq)
+{
+    /* read the stamp afresh from the shared page each time (volatile: no cached copy) */
+    const volatile unsigned char *at = m->base + (loc->offset - SHM_ALIGN);
+    unsigned char stamp[STAMP_LEN];
+    for (unsigned i = 0; i < STAMP_LEN; i++)
+        stamp[i] = at[i];
+    return memcmp(stamp, "FBSL", 4) == 0 && le64(stamp + 8) == loc->token &&
+           le64(stamp + 16) == seq && le64(stamp + 24) == loc->length;
+}
+
+/* ---- the -c checksum: CRC-32 (zlib's) of the pixel data, through offsets and strides ---- */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+/* Continue a CRC-32 over more bytes (crc 0 to start), as zlib's crc32(crc, buf, len). */
+static uint32_t crc32_update(uint32_t crc, const unsigned char *p, uint64_t len)
+{
+    uint32_t c = crc ^ 0xFFFFFFFFu;
+    for (uint64_t i = 0; i < len; i++)
+        c = crc_table[(c ^ p[i]) & 0xFFu] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* H8 has checked that every row read here lies inside the len-byte payload. */
+static uint32_t frame_checksum(const struct header *hd, const unsigned char *payload,
+                               uint64_t len)
+{
+    if (hd->format == FMT_JPEG)
+        return crc32_update(0, payload, len);
+    struct plane_shape shapes[MAX_PLANES];
+    unsigned count = plane_shapes(hd->format, hd->width, hd->height, shapes);
+    uint32_t crc = 0;
+    for (unsigned p = 0; p < count; p++)
+        for (uint64_t y = 0; y < shapes[p].rows; y++)
+            crc = crc32_update(crc, payload + hd->planes[p].offset + y * hd->planes[p].stride,
+                               shapes[p].row_bytes);
+    return crc;
+}
+
+/* ---- main loop (PROTOCOL.md section 10, "Reading algorithm"; section 12) ---- */
 
 static uint64_t parse_limit(const char *text)
 {
@@ -287,22 +564,26 @@ int main(int argc, char **argv)
 {
     uint64_t max_payload_len = DEFAULT_MAX_PAYLOAD_LEN;
     const char *path = NULL;
-    int bad_usage = 0;
+    int bad_usage = 0, checksum = 0;
 
     if (argc > 0 && argv[0][0] != '\0')
         program = argv[0];
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-m") == 0 && i + 1 < argc)
             max_payload_len = parse_limit(argv[++i]);
+        else if (strcmp(argv[i], "-c") == 0)
+            checksum = 1;
         else if (path == NULL && argv[i][0] != '-')
             path = argv[i];
         else
             bad_usage = 1;
     }
     if (path == NULL || bad_usage) {
-        fprintf(stderr, "usage: %s [-m MAX_PAYLOAD_BYTES] FIFO\n", program);
+        fprintf(stderr, "usage: %s [-c] [-m MAX_PAYLOAD_BYTES] FIFO\n", program);
         return EXIT_USAGE;
     }
+    crc_init();
+    set_segment_dir(path);
 
     int fd;
     do /* blocks until a writer opens the FIFO */
@@ -315,8 +596,10 @@ int main(int argc, char **argv)
     static unsigned char header_buf[MAX_HEADER_LEN];
     unsigned char *payload = NULL;
     size_t payload_cap = 0;
+    uint64_t stale = 0;
 
     for (;;) {
+        /* beginning this message ends the hold on the previous message's payload */
         size_t got = read_full(fd, prefix, PREFIX_LEN);
         if (got == 0)
             break; /* clean EOF at a message boundary */
@@ -345,27 +628,56 @@ int main(int argc, char **argv)
             die(EXIT_PROTOCOL, "protocol error: payload length %" PRIu64
                 " over the limit of %" PRIu64, payload_len, max_payload_len);
 
-        /* whole header, including appended fields this reader does not know */
+        /* whole header, including appended fields this reader does not know, and no more */
         need(fd, header_buf, header_len, "header");
         struct header hd;
-        parse_header(header_buf, payload_len, &hd);
+        parse_header(header_buf, header_len, payload_len, max_payload_len, &hd);
 
-        /* only now, with every length validated, make room for the payload */
-        if (payload_len > payload_cap) {
-            unsigned char *grown = realloc(payload, (size_t)payload_len);
-            if (grown == NULL)
-                die(EXIT_IO, "out of memory for a %" PRIu64 "-byte payload", payload_len);
-            payload = grown;
-            payload_cap = (size_t)payload_len;
+        const unsigned char *data;
+        uint64_t data_len;
+        const struct mapping *seg = NULL;
+        if (hd.shm) {
+            seg = segment_for(&hd.loc); /* M0, M1, M2 */
+            if (seg == NULL || !stamp_matches(seg, &hd.loc, hd.seq)) { /* M0, M3: stale */
+                stale++;
+                continue;
+            }
+            data = seg->base + hd.loc.offset;
+            data_len = hd.loc.length;
+        } else {
+            /* only now, with every length validated, make room for the payload */
+            if (payload_len > payload_cap) {
+                unsigned char *grown = realloc(payload, (size_t)payload_len);
+                if (grown == NULL)
+                    die(EXIT_IO, "out of memory for a %" PRIu64 "-byte payload", payload_len);
+                payload = grown;
+                payload_cap = (size_t)payload_len;
+            }
+            need(fd, payload, (size_t)payload_len, "payload");
+            data = payload;
+            data_len = payload_len;
         }
-        need(fd, payload, (size_t)payload_len, "payload");
 
-        printf("%s %" PRIu64 " %" PRIu64 " %" PRIu64 " %s %" PRIu32 "x%" PRIu32 " %" PRIu64 " %d\n",
-               hd.camera, hd.seq, hd.epoch, hd.missed, format_names[hd.format], hd.width,
-               hd.height, payload_len, (hd.flags & 1u) ? 1 : 0);
+        char sum[16] = "";
+        if (checksum) {
+            snprintf(sum, sizeof sum, " %08" PRIx32, frame_checksum(&hd, data, data_len));
+            if (seg != NULL && !stamp_matches(seg, &hd.loc, hd.seq)) {
+                stale++; /* the slot was rewritten while we read it: never report torn data */
+                continue;
+            }
+        }
+        printf("%s %" PRIu64 " %" PRIu64 " %" PRIu64 " %s %" PRIu32 "x%" PRIu32 " %" PRIu64
+               " %d%s\n", hd.camera, hd.seq, hd.epoch, hd.missed, format_names[hd.format],
+               hd.width, hd.height, data_len, (hd.flags & FLAG_KEYFRAME) ? 1 : 0, sum);
         if (fflush(stdout) != 0)
             die(EXIT_IO, "cannot write to stdout: %s", strerror(errno));
     }
+    if (stale > 0)
+        fprintf(stderr, "%s: skipped %" PRIu64 " stale shm frame(s)\n", program, stale);
+    for (unsigned i = 0; i < MAX_MAPPINGS; i++)
+        if (mappings[i].base != NULL)
+            munmap((void *)mappings[i].base, mappings[i].size);
+    free(segment_path);
     free(payload);
     close(fd);
     return 0;
