@@ -37,7 +37,7 @@ lint: setup
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
 
-# `make bench` runs every benchmark (about 6 minutes on 2 cores; each is bounded to 2 minutes),
+# `make bench` runs every benchmark (about 7 minutes on 2 cores; each is bounded in time),
 # `make bench BENCH=fanout` one of them; BENCH_ARGS=--profile adds py-spy profiles of the
 # fan-out and daemon hot paths (pip install py-spy). See README, "Benchmarks".
 BENCH ?=

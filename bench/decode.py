@@ -7,6 +7,9 @@ framebus.client process. Decoded frames/s comes from the seq numbers that subscr
 (every decoded frame is published with the next seq, so seq gaps are frames the reader did
 not need to take).
 
+The shm row is the same daemon with ``transport: shm`` for the subscriber: no pipe copy, but
+the decoder thread copies every frame it publishes into the shared-memory segment.
+
 Baseline: ``python -m bench.procs decode FILE --loop --threads 1``, the same PyAV calls with
 the same thread settings (``thread_count = 1``, the daemon's default) and the same reopen at
 the end of the file.
@@ -43,11 +46,11 @@ ROUNDS = 2
 LIMITED_FPS = 5.0
 
 
-def run_daemon(ctx: Context, path: str, label: str,
-               max_fps: float | None = None) -> tuple[float, float]:
+def run_daemon(ctx: Context, path: str, label: str, max_fps: float | None = None,
+               transport: str = "fifo") -> tuple[float, float]:
     """(decoded frames, seconds) in one window of the daemon."""
     children = Children()
-    sub: dict[str, object] = {"camera": "cam", "format": "yuv420p"}
+    sub: dict[str, object] = {"camera": "cam", "format": "yuv420p", "transport": transport}
     if max_fps is not None:
         sub["max_fps"] = max_fps
     try:
@@ -90,18 +93,22 @@ def run(ctx: Context) -> BenchResult:
     bare_runs: list[tuple[float, float]] = []
     daemon_runs: list[tuple[float, float]] = []
     limited_runs: list[tuple[float, float]] = []
+    shm_runs: list[tuple[float, float]] = []
     for n in range(ROUNDS):
         bare_runs.append(run_bare(ctx, path))
         daemon_runs.append(run_daemon(ctx, path, f"decode{n}"))
+        shm_runs.append(run_daemon(ctx, path, f"decode-shm{n}", transport="shm"))
         limited_runs.append(run_daemon(ctx, path, f"decode-limited{n}", max_fps=LIMITED_FPS))
 
     def pooled(runs: list[tuple[float, float]]) -> float:
         return sum(f for f, _ in runs) / sum(s for _, s in runs)
 
     bare, daemon, limited = pooled(bare_runs), pooled(daemon_runs), pooled(limited_runs)
+    shm = pooled(shm_runs)
     result.table.append(["decoder", "decoded frames/s", "vs bare", "runs"])
     for name, fps, runs in (
         ("framebus daemon -> 1 yuv420p FIFO reader", daemon, daemon_runs),
+        ("framebus daemon -> 1 yuv420p shm reader", shm, shm_runs),
         (f"framebus daemon, reader at max_fps {LIMITED_FPS:g} (no copies)", limited,
          limited_runs),
         ("bare PyAV loop (thread_count=1)", bare, bare_runs),
@@ -110,9 +117,12 @@ def run(ctx: Context) -> BenchResult:
                              ", ".join(fmt(f / s, 1) for f, s in runs)])
     result.checks.append(ratio_check("1080p decoded frames/s", daemon, "frames/s", bare,
                                      "bare PyAV decode loop", ">=", 0.95))
+    result.checks.append(ratio_check("1080p decoded frames/s, shm subscriber", shm, "frames/s",
+                                     bare, "bare PyAV decode loop", ">=", 0.95))
     result.checks.append(info(f"1080p decoded frames/s, subscriber at max_fps {LIMITED_FPS:g}",
                               limited, "frames/s", bare, "bare PyAV decode loop"))
     result.details = {"daemon_fps": daemon, "bare_fps": bare, "limited_fps": limited,
+                      "shm_fps": shm, "shm_runs": [f / s for f, s in shm_runs],
                       "daemon_runs": [f / s for f, s in daemon_runs],
                       "limited_runs": [f / s for f, s in limited_runs],
                       "bare_runs": [f / s for f, s in bare_runs], "clip": path}
@@ -120,5 +130,7 @@ def run(ctx: Context) -> BenchResult:
                         "pooled per side. The max_fps row keeps the whole decode and publish "
                         "path but sends almost nothing through the FIFO: the gap between the "
                         "two framebus rows is the pipe copy (daemon and reader) competing with "
-                        "the decoder for the 2 cores.")
+                        "the decoder for the 2 cores. The shm row has the decoder thread copy "
+                        "every decoded frame once into shared memory (the reader's FIFO carries "
+                        "headers only), held to the same target as the FIFO row.")
     return result

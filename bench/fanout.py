@@ -1,9 +1,11 @@
-"""Benchmark 1, fan-out throughput: how many frames a second reach FIFO readers.
+"""Benchmark 1, fan-out throughput: how many frames a second reach FIFO and shm readers.
 
 framebus: the real LatestFrameStore and FanoutLoop in this process, a synthetic camera
 publishing ready-made bgr24 frames as fast as the loop takes them (``EagerPublisher``), 1, 4
 and 16 subscribers with real FIFOs (1 MiB pipes, the default), each read by its own process
-with framebus.client.Subscriber.
+with framebus.client.Subscriber; then the same with ``transport="shm"`` subscribers (the
+publisher thread copies each frame once into the shared-memory segment, the FIFOs carry
+240-byte headers).
 
 Baselines, same frames, same run:
 
@@ -11,10 +13,16 @@ Baselines, same frames, same run:
   FIFO (1 MiB pipe), read by one process with blocking ``os.readv`` into a reused buffer;
 * ZeroMQ: PUB (zero-copy ``send(copy=False)``, SNDHWM 2, XPUB_NODROP so the publisher waits
   for the subscriber instead of spinning on drops) to one SUB process over ``ipc://``
-  (RCVHWM 2, conflate off, ``recv(copy=False)``).
+  (RCVHWM 2, conflate off, ``recv(copy=False)``); for the shm aggregate targets also to 4
+  and 16 SUB processes (XPUB_NODROP: the publisher goes at the slowest subscriber's pace);
+* bare shm loop (:mod:`bench.shmring`), the limit of the shm design: one Python thread
+  copying each frame into a 4-slot ring file with numpy and writing a 184-byte header to each
+  of 1, 4 or 16 reader processes through one-page FIFOs.
 
-Both baselines run before and after the framebus cases and are averaged, so a change in the
-machine's background load during the run moves the baseline with the framebus figures.
+The bare FIFO and one-subscriber ZeroMQ baselines run before and after the framebus cases and
+are averaged, so a change in the machine's background load during the run moves the baseline
+with the framebus figures; each bare shm loop runs right before the framebus shm case with as
+many readers.
 
 Throughput counts frames fully received inside the window (payload bytes for GB/s).
 """
@@ -26,6 +34,7 @@ import fcntl
 import os
 import threading
 import time
+from typing import Any
 
 import av
 
@@ -44,6 +53,7 @@ from bench.common import (
     ratio_text,
     wait_first,
 )
+from bench.shmring import SLOTS, BareShmWriter
 from bench.synthetic import EagerPublisher, frame_bytes, make_frames
 from framebus.fanout import FanoutLoop, SubscriberSpec
 from framebus.store import LatestFrameStore, Rendition
@@ -51,9 +61,11 @@ from framebus.wire import PixelFormat
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 SUBSCRIBERS = (1, 4, 16)
-WINDOW_S = 4.0
-WARMUP_S = 1.0
+SHM_VS_ZMQ = {4: 4.0, 16: 10.0}  # aggregate targets against ZeroMQ with as many subscribers
+WINDOW_S = 2.0
+WARMUP_S = 0.5
 PIPE_SIZE = 1 << 20
+LIMIT_S = 180  # the runner's deadline for this benchmark (30 cases; about 110 s normally)
 
 
 class Throughput:
@@ -124,14 +136,15 @@ def _window(ctx: Context, recorders: list[Recorder], label: str, pid: int | None
 
 
 def run_framebus(ctx: Context, frames: list[av.VideoFrame], readers: int, label: str,
-                 profile: bool) -> Throughput:
+                 profile: bool, transport: str = "fifo") -> Throughput:
     """The real store and fan-out loop, ``readers`` subscriber processes."""
     store = LatestFrameStore()
     loop = FanoutLoop(store)
     rendition = Rendition(PixelFormat.BGR24)
     paths = [ctx.workdir / f"{label}-{i}.fifo" for i in range(readers)]
     for i, path in enumerate(paths):
-        loop.add(SubscriberSpec(f"s{i}", "cam", rendition, path, pipe_size=PIPE_SIZE))
+        loop.add(SubscriberSpec(f"s{i}", "cam", rendition, path, pipe_size=PIPE_SIZE,
+                                transport=transport))
     publisher = EagerPublisher(store, loop, frames)
     children = Children()
     try:
@@ -198,8 +211,22 @@ def run_bare(ctx: Context, payloads: list[bytes], label: str) -> Throughput:
         path.unlink()
 
 
-def run_zmq(ctx: Context, payloads: list[bytes], label: str) -> Throughput:
-    """ZeroMQ PUB (this process) to one SUB process over ipc://."""
+def run_bare_shm(ctx: Context, payloads: list[bytes], readers: int, label: str) -> Throughput:
+    """The bare shm loop (:mod:`bench.shmring`): one writer thread, ``readers`` processes."""
+    writer = BareShmWriter(ctx.workdir, label, payloads, readers)
+    children = Children()
+    try:
+        writer.start()
+        recorders = [Recorder(children, f"shm{i}", ["shm", str(path), str(writer.ring_path)])
+                     for i, path in enumerate(writer.fifos)]
+        return _window(ctx, recorders, label, alive=writer.alive)
+    finally:
+        children.close()
+        writer.stop()
+
+
+def run_zmq(ctx: Context, payloads: list[bytes], label: str, readers: int = 1) -> Throughput:
+    """ZeroMQ PUB (this process) to ``readers`` SUB processes over ipc://."""
     import zmq
 
     endpoint = f"ipc://{ctx.workdir / (label + '.sock')}"
@@ -237,43 +264,76 @@ def run_zmq(ctx: Context, payloads: list[bytes], label: str) -> Throughput:
     try:
         thread.start()
         bound.wait(5)
-        recorder = Recorder(children, "zmq", ["zmq", endpoint, "--hwm", "2"])
-        return _window(ctx, [recorder], label, alive=alive)
+        recorders = [Recorder(children, f"zmq{i}", ["zmq", endpoint, "--hwm", "2"])
+                     for i in range(readers)]
+        return _window(ctx, recorders, label, alive=alive)
     finally:
         stop.set()
         children.close()
         thread.join(5)
 
 
+def _row(size: str, name: str, tp: Throughput, bare: Throughput, zmq1: Throughput,
+         zmq_n: Throughput | None, shm_n: Throughput | None) -> list[str]:
+    def vs(base: Throughput | None) -> str:
+        return "-" if base is None else ratio_text(tp.fps / base.fps)
+
+    return [size, name, str(tp.readers), fmt(tp.fps, 1), fmt(tp.fps / tp.readers, 1),
+            fmt(tp.gbps, 3), vs(bare), vs(zmq1), vs(zmq_n), vs(shm_n), fmt(tp.writer_cores),
+            fmt(tp.reader_cores)]
+
+
+def _details(tp: Throughput) -> dict[str, Any]:
+    return {"fps": tp.fps, "gbps": tp.gbps, "fps_each": tp.fps / tp.readers,
+            "writer_cores": tp.writer_cores, "reader_cores": tp.reader_cores,
+            **({"runs_fps": tp.runs} if tp.runs else {})}
+
+
 def run(ctx: Context) -> BenchResult:
-    """Every size: bare FIFO, ZeroMQ, framebus with 1, 4 and 16 subscribers."""
-    result = BenchResult("fanout", "Fan-out throughput (synthetic bgr24 frames, FIFO readers)")
+    """Every size: bare FIFO, ZeroMQ, framebus FIFO and shm, the bare shm loop."""
+    result = BenchResult("fanout", "Fan-out throughput (synthetic bgr24 frames, FIFO and shm "
+                         "readers)")
     result.table.append(["frames", "transport", "readers", "frames/s (all)", "frames/s each",
-                         "GB/s", "vs bare FIFO", "vs ZeroMQ", "writer cores", "reader cores"])
+                         "GB/s", "vs bare FIFO", "vs ZeroMQ x1", "vs ZeroMQ xN",
+                         "vs bare shm xN", "writer cores", "reader cores"])
     bars: dict[str, float] = {}
     for size, (width, height) in SIZES.items():
         frames = make_frames(width, height)
         payloads = [frame_bytes(f) for f in frames]
+        profiled = ctx.profiler is not None and size == "1080p"
         bare_runs = [run_bare(ctx, payloads, f"bare-{size}")]
         zmq_runs = [run_zmq(ctx, payloads, f"zmq-{size}")]
         fb = {n: run_framebus(ctx, frames, n, f"framebus-{size}-x{n}",
-                              profile=ctx.profiler is not None and size == "1080p" and n in (1, 16))
+                              profile=profiled and n in (1, 16))
               for n in SUBSCRIBERS}
+        shm: dict[int, Throughput] = {}
+        bare_shm: dict[int, Throughput] = {}
+        for n in SUBSCRIBERS:  # each next to its own baseline
+            bare_shm[n] = run_bare_shm(ctx, payloads, n, f"bare-shm-{size}-x{n}")
+            shm[n] = run_framebus(ctx, frames, n, f"framebus-shm-{size}-x{n}",
+                                  profile=profiled and n in (1, 16), transport="shm")
+        zmq_n = {n: run_zmq(ctx, payloads, f"zmq-{size}-x{n}", readers=n)
+                 for n in SUBSCRIBERS if n > 1}
         bare_runs.append(run_bare(ctx, payloads, f"bare-{size}"))
         zmq_runs.append(run_zmq(ctx, payloads, f"zmq-{size}"))
         bare, zmq_ = Throughput.mean(bare_runs), Throughput.mean(zmq_runs)
+        zmq_n[1] = zmq_
         for name, tp in (("bare FIFO", bare), ("ZeroMQ ipc", zmq_)):
-            result.table.append([size, name, "1", fmt(tp.fps, 1), fmt(tp.fps, 1),
-                                 fmt(tp.gbps, 3), ratio_text(tp.fps / bare.fps),
-                                 ratio_text(tp.fps / zmq_.fps), fmt(tp.writer_cores),
-                                 fmt(tp.reader_cores)])
+            result.table.append(_row(size, name, tp, bare, zmq_, None, None))
             bars[f"{size} {name}"] = tp.gbps
         for n, tp in fb.items():
-            result.table.append([size, "framebus", str(n), fmt(tp.fps, 1), fmt(tp.fps / n, 1),
-                                 fmt(tp.gbps, 3), ratio_text(tp.fps / bare.fps),
-                                 ratio_text(tp.fps / zmq_.fps), fmt(tp.writer_cores),
-                                 fmt(tp.reader_cores)])
+            result.table.append(_row(size, "framebus", tp, bare, zmq_, None, None))
             bars[f"{size} framebus x{n}"] = tp.gbps
+        for n in (4, 16):
+            result.table.append(_row(size, "ZeroMQ ipc", zmq_n[n], bare, zmq_, zmq_n[n], None))
+            bars[f"{size} ZeroMQ ipc x{n}"] = zmq_n[n].gbps
+        for n in SUBSCRIBERS:
+            result.table.append(_row(size, "bare shm loop", bare_shm[n], bare, zmq_, zmq_n[n],
+                                     bare_shm[n]))
+            result.table.append(_row(size, "framebus shm", shm[n], bare, zmq_, zmq_n[n],
+                                     bare_shm[n]))
+            bars[f"{size} bare shm loop x{n}"] = bare_shm[n].gbps
+            bars[f"{size} framebus shm x{n}"] = shm[n].gbps
         one = fb[1]
         result.checks.append(ratio_check(f"{size}, 1 subscriber vs bare FIFO", one.fps,
                                          "frames/s", bare.fps, "bare FIFO", ">=", 0.9))
@@ -283,21 +343,41 @@ def run(ctx: Context) -> BenchResult:
             result.checks.append(ratio_check(
                 f"{size}, {n} subscribers, aggregate vs bare FIFO", fb[n].fps, "frames/s",
                 bare.fps, "bare FIFO (1 reader)", ">=", 0.8))
+        result.checks.append(ratio_check(f"{size}, shm, 1 subscriber vs ZeroMQ", shm[1].fps,
+                                         "frames/s", zmq_.fps, "ZeroMQ PUB/SUB ipc", ">=", 1.5))
+        for n, target in SHM_VS_ZMQ.items():
+            result.checks.append(ratio_check(
+                f"{size}, shm, {n} subscribers, aggregate vs ZeroMQ x{n}", shm[n].fps,
+                "frames/s", zmq_n[n].fps, f"ZeroMQ PUB to {n} SUB, ipc", ">=", target))
+        for n in SUBSCRIBERS:
+            subscribers = "1 subscriber" if n == 1 else f"{n} subscribers, aggregate"
+            result.checks.append(ratio_check(
+                f"{size}, shm, {subscribers} vs bare shm loop", shm[n].fps, "frames/s",
+                bare_shm[n].fps, f"bare shm loop ({n} reader{'s' if n > 1 else ''})", ">=",
+                0.8))
         result.details[size] = {
             "frame_bytes": len(payloads[0]),
-            "bare_fifo": {"fps": bare.fps, "gbps": bare.gbps, "runs_fps": bare.runs,
-                          "writer_cores": bare.writer_cores, "reader_cores": bare.reader_cores},
-            "zeromq": {"fps": zmq_.fps, "gbps": zmq_.gbps, "runs_fps": zmq_.runs,
-                       "writer_cores": zmq_.writer_cores, "reader_cores": zmq_.reader_cores},
-            **{f"framebus_x{n}": {"fps": tp.fps, "gbps": tp.gbps, "fps_each": tp.fps / n,
-                                  "writer_cores": tp.writer_cores,
-                                  "reader_cores": tp.reader_cores}
-               for n, tp in fb.items()},
+            "bare_fifo": _details(bare),
+            "zeromq": _details(zmq_),
+            **{f"zeromq_x{n}": _details(zmq_n[n]) for n in (4, 16)},
+            **{f"framebus_x{n}": _details(tp) for n, tp in fb.items()},
+            **{f"bare_shm_x{n}": _details(tp) for n, tp in bare_shm.items()},
+            **{f"framebus_shm_x{n}": _details(tp) for n, tp in shm.items()},
         }
     result.notes.append(f"{ctx.seconds(WINDOW_S):g} s window per case after {WARMUP_S:g} s "
-                        "warm-up; frames/s is the sum over readers; pipes 1 MiB; "
-                        "baselines are the mean of a run before and one after the framebus runs; "
-                        "writer cores: CPU of the writing process (fan-out loop and publisher, "
-                        "or the baseline's writer), reader cores: all reader processes.")
+                        "warm-up (shortened from 4 s + 1 s when the shm cases were added, to "
+                        "keep the benchmark near 2 minutes); frames/s is the sum over readers; "
+                        "FIFO pipes 1 MiB, shm pipes one page; "
+                        "bare FIFO and ZeroMQ x1 are the mean of a run before and one after the "
+                        "framebus runs, each bare shm loop runs just before the framebus shm "
+                        "case with as many readers; writer cores: CPU of the writing process "
+                        "(fan-out loop and publisher, or the baseline's writer), reader cores: "
+                        "all reader processes.")
+    result.notes.append("shm: framebus shm subscribers read with framebus.client, the bare shm "
+                        f"loop ({SLOTS}-slot ring, 184-byte headers) with bench.procs shm; "
+                        "both readers check the slot's stamp and take a view of the pixels "
+                        "without touching them, so each side's figure is the copy into shared "
+                        "memory plus per-message costs. Work directory on tmpfs (/dev/shm), as "
+                        "/run/framebus is.")
     result.plots["fanout_gbps"] = bars
     return result

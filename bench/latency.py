@@ -9,6 +9,11 @@ the store made the frame the newest).
 Baseline, same run: one Python thread writing the same frames at 25 fps with one blocking
 ``os.writev([stamp, frame])`` into one FIFO (1 MiB pipe), one reader process with blocking
 ``os.readv``; latency is read time minus the writer's stamp.
+
+shm: the same 8 cameras and 32 readers with ``transport="shm"`` subscribers; the publisher
+threads copy each frame into shared memory before publishing, so the latency is the header's
+way (publish to the reader holding a view of the slot). Baseline: the bare shm loop
+(:mod:`bench.shmring`) paced at 25 fps with 4 readers, its stamp taken after the copy.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from bench.common import (
     value_check,
     wait_first,
 )
+from bench.shmring import BareShmWriter
 from bench.synthetic import PacedPublisher, frame_bytes, make_frames
 from framebus.fanout import FanoutLoop, SubscriberSpec
 from framebus.store import LatestFrameStore, Rendition
@@ -44,6 +50,7 @@ SUBSCRIBERS_PER_CAMERA = 4
 FPS = 25.0
 WIDTH, HEIGHT = 1280, 720
 WINDOW_S = 20.0
+SHM_WINDOW_S = 12.0
 BASELINE_WINDOW_S = 8.0
 WARMUP_S = 1.0
 
@@ -54,7 +61,8 @@ def _stats(latencies_ns: list[int]) -> dict[str, float]:
             "max": max(ms) if ms else float("nan"), "count": float(len(ms))}
 
 
-def run_framebus(ctx: Context) -> tuple[list[Samples], float, int]:
+def run_framebus(ctx: Context, transport: str = "fifo",
+                 window_s: float = WINDOW_S) -> tuple[list[Samples], float, int]:
     """8 paced cameras, 32 readers; returns the windowed samples, window length, late publishes."""
     frames = make_frames(WIDTH, HEIGHT)
     store = LatestFrameStore()
@@ -64,8 +72,9 @@ def run_framebus(ctx: Context) -> tuple[list[Samples], float, int]:
     for c in range(CAMERAS):
         for s in range(SUBSCRIBERS_PER_CAMERA):
             name = f"c{c}s{s}"
-            paths[name] = ctx.workdir / f"lat-{name}.fifo"
-            loop.add(SubscriberSpec(name, f"cam{c}", rendition, paths[name]))
+            paths[name] = ctx.workdir / f"lat-{transport}-{name}.fifo"
+            loop.add(SubscriberSpec(name, f"cam{c}", rendition, paths[name],
+                                    transport=transport))
     publishers = [PacedPublisher(store, f"cam{c}", frames, FPS, phase_s=c / FPS / CAMERAS)
                   for c in range(CAMERAS)]
     children = Children()
@@ -77,7 +86,7 @@ def run_framebus(ctx: Context) -> tuple[list[Samples], float, int]:
         wait_first(recorders, 30)
         time.sleep(WARMUP_S)
         late0 = sum(p.late for p in publishers)
-        window = measure(ctx.seconds(WINDOW_S))
+        window = measure(ctx.seconds(window_s))
         late = sum(p.late for p in publishers) - late0
         samples = [s.window(window.t0, window.t1) for s in collect(recorders)]
         return samples, window.seconds, late
@@ -148,33 +157,84 @@ def run_bare(ctx: Context) -> Samples:
         path.unlink()
 
 
+def run_bare_shm(ctx: Context) -> list[Samples]:
+    """The bare shm loop paced at 25 fps, 4 readers (one camera's worth); latency is read
+    time minus the writer's stamp, taken after the copy as the store stamps publish."""
+    payloads = [frame_bytes(f) for f in make_frames(WIDTH, HEIGHT)]
+    writer = BareShmWriter(ctx.workdir, "lat-bare-shm", payloads, SUBSCRIBERS_PER_CAMERA, fps=FPS)
+    children = Children()
+    try:
+        writer.start()
+        recorders = [Recorder(children, f"shm{i}", ["shm", str(path), str(writer.ring_path)])
+                     for i, path in enumerate(writer.fifos)]
+        wait_first(recorders, 20)
+        time.sleep(WARMUP_S)
+        window = measure(ctx.seconds(BASELINE_WINDOW_S))
+        return [s.window(window.t0, window.t1) for s in collect(recorders)]
+    finally:
+        children.close()
+        writer.stop()
+
+
 def run(ctx: Context) -> BenchResult:
     """framebus latency percentiles against the bare FIFO's."""
     result = BenchResult("latency", "Latency, 8 cameras x 25 fps x 4 subscribers, 720p bgr24")
     bare = run_bare(ctx)
     samples, seconds, late = run_framebus(ctx)
+    bare_shm = run_bare_shm(ctx)
+    shm_samples, shm_seconds, shm_late = run_framebus(ctx, "shm", SHM_WINDOW_S)
     fb_lat = [v for s in samples for v in s.latency]
+    shm_lat = [v for s in shm_samples for v in s.latency]
+    bare_shm_lat = [v for s in bare_shm for v in s.latency]
     fb, base = _stats(fb_lat), _stats(bare.latency)
+    shm, base_shm = _stats(shm_lat), _stats(bare_shm_lat)
     delivered = sum(s.frames for s in samples) / max(1, sum(s.expected() for s in samples))
+    shm_delivered = (sum(s.frames for s in shm_samples)
+                     / max(1, sum(s.expected() for s in shm_samples)))
     result.table.append(["transport", "frames", "p50 ms", "p99 ms", "max ms"])
-    result.table.append(["framebus (8 cams x 4 subs)", str(len(fb_lat)), fmt(fb["p50"], 3),
-                         fmt(fb["p99"], 3), fmt(fb["max"], 3)])
-    result.table.append(["bare FIFO (1 writer, 1 reader)", str(len(bare.latency)),
-                         fmt(base["p50"], 3), fmt(base["p99"], 3), fmt(base["max"], 3)])
+    for name, lat, stats in (
+        ("framebus (8 cams x 4 subs)", fb_lat, fb),
+        ("bare FIFO (1 writer, 1 reader)", bare.latency, base),
+        ("framebus shm (8 cams x 4 subs)", shm_lat, shm),
+        ("bare shm loop (1 writer, 4 readers)", bare_shm_lat, base_shm),
+    ):
+        result.table.append([name, str(len(lat)), fmt(stats["p50"], 3), fmt(stats["p99"], 3),
+                             fmt(stats["max"], 3)])
     result.checks.append(value_check("p50 latency", fb["p50"], "ms", "<=", 1.0, base["p50"],
                                      "bare FIFO p50"))
     result.checks.append(value_check("p99 latency", fb["p99"], "ms", "<=", 5.0, base["p99"],
                                      "bare FIFO p99"))
     result.checks.append(info("max latency", fb["max"], "ms", base["max"], "bare FIFO max"))
     result.checks.append(info("frames delivered to the 32 readers", delivered * 100, "%"))
+    result.checks.append(value_check("shm, p50 latency", shm["p50"], "ms", "<=", 0.5,
+                                     base_shm["p50"], "bare shm loop p50"))
+    result.checks.append(value_check("shm, p99 latency", shm["p99"], "ms", "<=", 2.0,
+                                     base_shm["p99"], "bare shm loop p99"))
+    result.checks.append(info("shm, max latency", shm["max"], "ms", base_shm["max"],
+                              "bare shm loop max"))
+    result.checks.append(info("shm, frames delivered to the 32 readers", shm_delivered * 100,
+                              "%"))
     result.details = {"framebus_ms": fb, "bare_fifo_ms": base, "delivered": delivered,
                       "late_publishes": late, "window_s": seconds,
                       "frame_bytes": WIDTH * HEIGHT * 3,
-                      "aggregate_gbps": sum(s.bytes for s in samples) / seconds / 1e9}
+                      "aggregate_gbps": sum(s.bytes for s in samples) / seconds / 1e9,
+                      "framebus_shm_ms": shm, "bare_shm_ms": base_shm,
+                      "shm_delivered": shm_delivered, "shm_late_publishes": shm_late,
+                      "shm_window_s": shm_seconds,
+                      "shm_aggregate_gbps": sum(s.bytes for s in shm_samples) / shm_seconds / 1e9}
     result.notes.append(f"{ctx.seconds(WINDOW_S):g} s window (baseline "
                         f"{ctx.seconds(BASELINE_WINDOW_S):g} s); {late} publishes ran late; "
                         f"{delivered * 100:.2f}% of published frames reached every reader; "
                         f"aggregate {result.details['aggregate_gbps']:.2f} GB/s.")
+    result.notes.append(f"shm: the same 8 cameras and 32 readers with transport shm, "
+                        f"{ctx.seconds(SHM_WINDOW_S):g} s window (baseline: the bare shm loop "
+                        f"at 25 fps with 4 readers, {ctx.seconds(BASELINE_WINDOW_S):g} s); "
+                        f"{shm_late} publishes ran late; {shm_delivered * 100:.2f}% delivered; "
+                        f"latency is publish (after the copy into shared memory) to the "
+                        f"reader's view of the slot; aggregate "
+                        f"{result.details['shm_aggregate_gbps']:.2f} GB/s of views.")
     result.plots["latency_ms"] = {"framebus": [v / 1e6 for v in fb_lat],
-                                  "bare FIFO": [v / 1e6 for v in bare.latency]}
+                                  "bare FIFO": [v / 1e6 for v in bare.latency],
+                                  "framebus shm": [v / 1e6 for v in shm_lat],
+                                  "bare shm loop": [v / 1e6 for v in bare_shm_lat]}
     return result

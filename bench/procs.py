@@ -9,6 +9,10 @@ and exits. Kinds:
 ``raw PATH|- --frame-bytes N [--stamped]``
     the bare-FIFO baseline reader: blocking ``os.readv`` of whole frames into one buffer;
     with ``--stamped`` the writer put its CLOCK_MONOTONIC ns in the first 8 bytes.
+``shm FIFO RING``
+    the bare shm loop's reader (:mod:`bench.shmring`): maps RING read-only once, reads each
+    184-byte header from FIFO, checks the slot's stamp and takes a view of the pixels (what
+    framebus.client does with an shm message; neither touches the pixels).
 ``zmq ENDPOINT [--hwm N]``
     a ZeroMQ SUB socket (conflate off, small receive HWM), ``recv(copy=False)``.
 ``decode URL [--bgr] [--threads N] [--loop]``
@@ -83,6 +87,39 @@ def read_raw(path: str, frame_bytes: int, stamped: bool, log: Log) -> None:
         log.add(now, seq, latency, frame_bytes)
 
 
+def read_bare_shm(path: str, ring_path: str, log: Log) -> None:
+    """Read headers naming ring slots; check each slot's stamp; view the pixels."""
+    import mmap
+
+    from bench.shmring import HEADER, HEADER_LEN, MAGIC, STAMP, STAMP_LEN, STAMP_MAGIC
+
+    fd = os.open(path, os.O_RDONLY)
+    ring_fd = os.open(ring_path, os.O_RDONLY)
+    try:
+        ring = mmap.mmap(ring_fd, os.fstat(ring_fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+    finally:
+        os.close(ring_fd)
+    view = memoryview(ring)
+    buffer = bytearray(HEADER_LEN)
+    header_view = memoryview(buffer)
+    while True:
+        filled = 0
+        while filled < HEADER_LEN:  # writes of <= PIPE_BUF are atomic: one read, normally
+            count = os.readv(fd, [header_view[filled:]])
+            if count == 0:
+                return
+            filled += count
+        magic, _slot, seq, offset, length, published = HEADER.unpack_from(buffer)
+        if magic != MAGIC:
+            raise ValueError(f"bad header magic {magic!r}")
+        stamp_magic, _, stamped_seq, stamped_length = STAMP.unpack_from(ring, offset - STAMP_LEN)
+        if stamp_magic != STAMP_MAGIC or (stamped_seq, stamped_length) != (seq, length):
+            continue  # rewritten under us (the hold rule forbids it): skip, as framebus does
+        pixels = view[offset:offset + length]
+        now = time.monotonic_ns()
+        log.add(now, seq, now - published, len(pixels))
+
+
 def read_zmq(endpoint: str, hwm: int, log: Log) -> None:
     """Receive every message a ZeroMQ SUB socket gets."""
     import zmq
@@ -138,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     raw.add_argument("path")
     raw.add_argument("--frame-bytes", type=int, required=True)
     raw.add_argument("--stamped", action="store_true")
+    shm = sub.add_parser("shm")
+    shm.add_argument("path")
+    shm.add_argument("ring")
     zmq = sub.add_parser("zmq")
     zmq.add_argument("endpoint")
     zmq.add_argument("--hwm", type=int, default=2)
@@ -156,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             read_framebus(args.path, log)
         elif args.kind == "raw":
             read_raw(args.path, args.frame_bytes, args.stamped, log)
+        elif args.kind == "shm":
+            read_bare_shm(args.path, args.ring, log)
         elif args.kind == "zmq":
             read_zmq(args.endpoint, args.hwm, log)
         else:

@@ -159,6 +159,9 @@ def plots(results: list[BenchResult]) -> list[Path]:
             ax.set_ylabel("fraction of frames")
             ax.axvline(1.0, color="grey", linestyle=":", label="p50 target 1 ms")
             ax.axvline(5.0, color="grey", linestyle="--", label="p99 target 5 ms")
+            if "framebus shm" in series:
+                ax.axvline(0.5, color="tab:green", linestyle=":", label="shm p50 target 0.5 ms")
+                ax.axvline(2.0, color="tab:green", linestyle="--", label="shm p99 target 2 ms")
             ax.set_title("Latency, 8 cameras x 25 fps x 4 subscribers, 720p bgr24")
             ax.legend()
             ax.grid(True, which="both", alpha=0.3)
@@ -187,9 +190,11 @@ def plots(results: list[BenchResult]) -> list[Path]:
             bars: dict[str, float] = result.plots["fanout_gbps"]
             fig, ax = plt.subplots(figsize=(9, 4))
             colors = ["tab:gray" if "bare" in k else "tab:orange" if "ZeroMQ" in k
-                      else "tab:blue" for k in bars]
+                      else "tab:green" if "shm" in k else "tab:blue" for k in bars]
+            fig.set_size_inches(9, max(4.0, 0.25 * len(bars)))
             ax.barh(list(bars), list(bars.values()), color=colors)
-            ax.set_xlabel("GB/s delivered to readers (sum over readers)")
+            ax.set_xscale("log")
+            ax.set_xlabel("GB/s delivered to readers (sum over readers, log)")
             ax.set_title("Fan-out throughput, bgr24 frames")
             ax.invert_yaxis()
             ax.grid(True, axis="x", alpha=0.3)

@@ -5,6 +5,8 @@ want bgr24, three ways, one after the other:
 
 * framebus: the daemon (``python -m framebus run``, a subprocess) decodes once, converts to
   bgr24 once, and writes to 4 FIFOs, each read by a framebus.client process;
+* framebus shm: the same with ``transport: shm`` for each of the 4 subscribers (the decoder
+  thread copies each bgr24 frame once into shared memory, the FIFOs carry headers only);
 * ffmpeg: 4 ``ffmpeg -rtsp_transport tcp -i URL -f rawvideo -pix_fmt bgr24 pipe:`` processes
   (ffmpeg's default threads), each read through its stdout pipe by a plain reader process;
 * PyAV: 4 processes each decoding the stream (``thread_count = 1``, as the daemon) and
@@ -84,11 +86,12 @@ def _measure(ctx: Context, name: str, recorders: list[Recorder], pids: dict[str,
     return Way(name, window.cpu, window.seconds, samples)
 
 
-def run_framebus(ctx: Context, url: str, label: str) -> Way:
+def run_framebus(ctx: Context, url: str, label: str, transport: str = "fifo") -> Way:
     """The daemon and 4 framebus.client readers."""
     children = Children()
     try:
-        subs = {f"c{i}": {"camera": "cam", "format": "bgr24"} for i in range(CONSUMERS)}
+        subs = {f"c{i}": {"camera": "cam", "format": "bgr24", "transport": transport}
+                for i in range(CONSUMERS)}
         daemon = DaemonProcess(children, ctx.workdir, {"cam": {"url": url}}, subs,
                                name=f"serve-many-{label}")
         readers = [fb_reader(children, name, daemon.fifo(name)) for name in subs]
@@ -143,6 +146,7 @@ def run(ctx: Context) -> BenchResult:
         pattern, camera = srv.url("pattern"), srv.url("camera")
         fb = run_framebus(ctx, pattern, "pattern")
         ff = run_ffmpeg(ctx, pattern, "pattern")
+        shm = run_framebus(ctx, pattern, "shm-pattern", transport="shm")
         pa = run_pyav(ctx, pattern, "pattern")
         fb_cam = run_framebus(ctx, camera, "camera")
         pa_cam = run_pyav(ctx, camera, "camera")
@@ -150,16 +154,20 @@ def run(ctx: Context) -> BenchResult:
         srv.close()
     result.table.append(["clip", "way", "CPU s", "cores", "fps each", "vs framebus",
                          "CPU s by process"])
-    for clip_name, ref, ways in (("test pattern", fb, (fb, ff, pa)),
+    for clip_name, ref, ways in (("test pattern", fb, (fb, shm, ff, pa)),
                                  ("camera-like", fb_cam, (fb_cam, pa_cam))):
         for way in ways:
             detail = ", ".join(f"{k} {v:.2f}" for k, v in way.cpu.items())
-            result.table.append([clip_name, way.name.split("-")[0], fmt(way.total),
+            name = "framebus shm" if way is shm else way.name.split("-")[0]
+            result.table.append([clip_name, name, fmt(way.total),
                                  fmt(way.total / way.seconds), fmt(way.fps, 1),
                                  fmt(way.total / ref.total) + "x", detail])
     result.checks.append(ratio_check("CPU, framebus vs 4 ffmpeg + readers (test pattern)",
                                      fb.total, "CPU s", ff.total,
                                      "4 x ffmpeg -f rawvideo bgr24 + readers", "<=", 0.35))
+    result.checks.append(ratio_check("CPU, framebus shm vs 4 ffmpeg + readers (test pattern)",
+                                     shm.total, "CPU s", ff.total,
+                                     "4 x ffmpeg -f rawvideo bgr24 + readers", "<=", 0.30))
     result.checks.append(ratio_check("CPU, framebus vs 4 PyAV decode loops (test pattern)",
                                      fb.total, "CPU s", pa.total,
                                      "4 x PyAV decode + to_ndarray(bgr24)", "<=", 0.35))
@@ -168,7 +176,7 @@ def run(ctx: Context) -> BenchResult:
                                      "4 x PyAV decode + to_ndarray(bgr24)", "<=", 0.35))
     result.details = {w.name: {"cpu_s": w.total, "cores": w.total / w.seconds, "fps": w.fps,
                                "by_process": w.cpu, "window_s": w.seconds}
-                      for w in (fb, ff, pa, fb_cam, pa_cam)}
+                      for w in (fb, shm, ff, pa, fb_cam, pa_cam)}
     result.notes.append(f"{ctx.seconds(WINDOW_S):g} s window per way after every consumer had "
                         f"its first frame and {WARMUP_S:g} s more; RTSP server CPU excluded.")
     return result

@@ -46,6 +46,11 @@ class EagerPublisher:
     pending slot is free), signalled from the loop's ``on_tick`` hook. Every subscriber thus
     always has a newer frame waiting when it finishes one; the newest-wins outbox drops the
     rest, so throughput is the frames readers fully receive.
+
+    An shm subscriber's message (a header) is written whole at once, so "begun" means its
+    outbox is empty: the reader has begun the newest frame's message and the gate let it
+    through. Counting a frame held back by the gate as free would let the publisher copy
+    frames into shared memory as fast as it can, only for the outbox to drop them.
     """
 
     def __init__(self, store: LatestFrameStore, loop: FanoutLoop,
@@ -65,7 +70,8 @@ class EagerPublisher:
         """Loop thread: wake the publisher once a subscriber has taken the newest frame."""
         seq = self.seq
         for sub in self.loop.subscribers.values():
-            if sub.connected and sub.last_offered_seq >= seq and sub.outbox.in_flight <= 1:
+            held = 0 if sub.ledger is not None else 1  # shm: nothing may wait in the outbox
+            if sub.connected and sub.last_offered_seq >= seq and sub.outbox.in_flight <= held:
                 self._ready.set()
                 return
 
