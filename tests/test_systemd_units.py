@@ -113,6 +113,8 @@ def test_template_keeps_the_main_units_settings() -> None:
     assert template["ExecStart"] == [f"{INSTALLED_BINARY} run -c /etc/framebus/%i.yaml"]
     assert main["RuntimeDirectory"] == ["framebus"]
     assert template["RuntimeDirectory"] == ["framebus/%i"]
+    # a restart keeps fifo_dir, so readers keep their FIFOs' inodes (PROTOCOL.md section 10)
+    assert main["RuntimeDirectoryPreserve"] == template["RuntimeDirectoryPreserve"] == ["restart"]
     assert "%i" in template["SyslogIdentifier"][0]
     # framebus reads /proc/sys/fs/pipe-max-size (framebus/fifo.py): ProcSubset=pid hides it.
     assert "/proc/sys/fs/pipe-max-size" in (ROOT / "framebus" / "fifo.py").read_text()

@@ -4,7 +4,7 @@
  * shared-memory payloads (section 12).
  *
  * Build:  gcc -std=c99 -Wall -Werror -O2 -o fbus-reader reader.c
- * Usage:  fbus-reader [-c] [-m MAX_PAYLOAD_BYTES] FIFO
+ * Usage:  fbus-reader [-c] [-r] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO
  *
  * Opens FIFO for reading (blocking until a writer attaches), reads framebus v1 messages and
  * prints one line per frame to stdout:
@@ -41,18 +41,25 @@
  * printed); 1 on an I/O error (including a segment that opens but cannot be mapped); 2 on a
  * usage error. Errors are reported on stderr.
  *
- * Portable C99 plus POSIX open/read/close/fstat/mmap; no other dependencies. Integers are
- * decoded byte by byte, in the stream and in the segment, so the host's byte order and
- * alignment rules do not matter. It reads with a blocking open and exits at EOF; a
- * long-running consumer would instead close and reopen the FIFO after EOF to wait for the
- * next writer (PROTOCOL.md section 10), and unmap every segment when it does (a new daemon
- * may reuse a name).
+ * Opening (PROTOCOL.md section 10): the FIFO is opened O_NONBLOCK (an open never blocks)
+ * and polled for a writer in 500 ms slices; between slices the reader checks that the path
+ * still names the FIFO it holds (same st_dev and st_ino) and reopens it when not, so a
+ * daemon restart that deletes and recreates fifo_dir never leaves it waiting on a deleted
+ * inode. Once a writer is there, reads block.
+ *
+ * -r reopens after each EOF (a daemon stop or restart) instead of exiting, unmapping every
+ * segment first (a new daemon may reuse a name); -n COUNT exits 0 after COUNT frames.
+ *
+ * Portable C99 plus POSIX open/read/close/fstat/stat/poll/mmap; no other dependencies.
+ * Integers are decoded byte by byte, in the stream and in the segment, so the host's byte
+ * order and alignment rules do not matter.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -60,6 +67,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PREFIX_LEN 16u
@@ -169,6 +177,43 @@ static size_t read_full(int fd, unsigned char *buf, size_t len)
         }
     }
     return got;
+}
+
+/* Open the FIFO and wait for a writer without ever waiting on a FIFO the path no longer
+ * names (section 10). Returns a blocking descriptor with a writer attached or data waiting. */
+static int open_and_wait(const char *path)
+{
+    const struct timespec appear_poll = {0, 50 * 1000 * 1000};
+    for (;;) {
+        int fd = open(path, O_RDONLY | O_NONBLOCK);
+        if (fd < 0) {
+            if (errno != ENOENT && errno != EINTR)
+                die(EXIT_IO, "cannot open %s: %s", path, strerror(errno));
+            nanosleep(&appear_poll, NULL); /* not there (yet): a daemon is starting */
+            continue;
+        }
+        struct stat held;
+        if (fstat(fd, &held) != 0)
+            die(EXIT_IO, "cannot stat %s: %s", path, strerror(errno));
+        if (!S_ISFIFO(held.st_mode))
+            die(EXIT_IO, "%s is not a FIFO", path);
+        for (;;) {
+            struct pollfd waiting = {fd, POLLIN, 0};
+            int ready = poll(&waiting, 1, 500);
+            if (ready < 0 && errno != EINTR)
+                die(EXIT_IO, "poll failed: %s", strerror(errno));
+            if (ready > 0) { /* POLLIN, or POLLHUP: a writer came (and maybe went) */
+                int flags = fcntl(fd, F_GETFL);
+                if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+                    die(EXIT_IO, "cannot make %s blocking: %s", path, strerror(errno));
+                return fd;
+            }
+            struct stat now;
+            if (stat(path, &now) != 0 || now.st_dev != held.st_dev || now.st_ino != held.st_ino)
+                break; /* replaced or gone: this inode will never get a writer again */
+        }
+        close(fd);
+    }
 }
 
 static void need(int fd, unsigned char *buf, size_t len, const char *stage)
@@ -410,6 +455,15 @@ static uint64_t mapping_clock;
 static char *segment_path; /* the FIFO's directory part, then room for a segment name */
 static size_t segment_dir_len;
 
+static void unmap_all(void)
+{
+    for (unsigned i = 0; i < MAX_MAPPINGS; i++) {
+        if (mappings[i].base != NULL)
+            munmap((void *)mappings[i].base, mappings[i].size);
+        mappings[i].base = NULL;
+    }
+}
+
 /* Segments live in the FIFO's directory: keep the FIFO path up to its last '/'. */
 static void set_segment_dir(const char *fifo_path)
 {
@@ -564,7 +618,8 @@ int main(int argc, char **argv)
 {
     uint64_t max_payload_len = DEFAULT_MAX_PAYLOAD_LEN;
     const char *path = NULL;
-    int bad_usage = 0, checksum = 0;
+    int bad_usage = 0, checksum = 0, reopen = 0;
+    uint64_t count_limit = 0; /* 0: no limit */
 
     if (argc > 0 && argv[0][0] != '\0')
         program = argv[0];
@@ -573,24 +628,25 @@ int main(int argc, char **argv)
             max_payload_len = parse_limit(argv[++i]);
         else if (strcmp(argv[i], "-c") == 0)
             checksum = 1;
+        else if (strcmp(argv[i], "-r") == 0)
+            reopen = 1;
+        else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc)
+            count_limit = parse_limit(argv[++i]);
         else if (path == NULL && argv[i][0] != '-')
             path = argv[i];
         else
             bad_usage = 1;
     }
     if (path == NULL || bad_usage) {
-        fprintf(stderr, "usage: %s [-c] [-m MAX_PAYLOAD_BYTES] FIFO\n", program);
+        fprintf(stderr, "usage: %s [-c] [-r] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO\n",
+                program);
         return EXIT_USAGE;
     }
     crc_init();
     set_segment_dir(path);
 
-    int fd;
-    do /* blocks until a writer opens the FIFO */
-        fd = open(path, O_RDONLY);
-    while (fd < 0 && errno == EINTR);
-    if (fd < 0)
-        die(EXIT_IO, "cannot open %s: %s", path, strerror(errno));
+    int fd = open_and_wait(path);
+    uint64_t frames = 0;
 
     unsigned char prefix[PREFIX_LEN];
     static unsigned char header_buf[MAX_HEADER_LEN];
@@ -601,6 +657,12 @@ int main(int argc, char **argv)
     for (;;) {
         /* beginning this message ends the hold on the previous message's payload */
         size_t got = read_full(fd, prefix, PREFIX_LEN);
+        if (got == 0 && reopen) { /* the daemon stopped: wait for the next one */
+            close(fd);
+            unmap_all();
+            fd = open_and_wait(path);
+            continue;
+        }
         if (got == 0)
             break; /* clean EOF at a message boundary */
         if (got < PREFIX_LEN)
@@ -671,12 +733,12 @@ int main(int argc, char **argv)
                hd.width, hd.height, data_len, (hd.flags & FLAG_KEYFRAME) ? 1 : 0, sum);
         if (fflush(stdout) != 0)
             die(EXIT_IO, "cannot write to stdout: %s", strerror(errno));
+        if (count_limit != 0 && ++frames >= count_limit)
+            break;
     }
     if (stale > 0)
         fprintf(stderr, "%s: skipped %" PRIu64 " stale shm frame(s)\n", program, stale);
-    for (unsigned i = 0; i < MAX_MAPPINGS; i++)
-        if (mappings[i].base != NULL)
-            munmap((void *)mappings[i].base, mappings[i].size);
+    unmap_all();
     free(segment_path);
     free(payload);
     close(fd);
