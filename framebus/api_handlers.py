@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from framebus.camera import redact_url
-from framebus.config import PixelFormatName, SubscriberConfig, parse_mode
-from framebus.control import ApiError, Reply, json_reply, validation_detail
+from framebus.api import ApiError, Reply, json_reply, validation_detail
+from framebus.camera import CameraState, redact_url
+from framebus.config import FifoPath, PixelFormatName, SubscriberConfig, parse_mode
 from framebus.errors import FifoError
 from framebus.fifo import FifoRefused, NoReader, check_allowed_path, open_requested_fifo
 from framebus.imaging import convert, encode_image
@@ -21,7 +22,8 @@ from framebus.store import Rendition, StoredFrame
 from framebus.wire import PixelFormat
 
 if TYPE_CHECKING:
-    from framebus.daemon import Daemon
+    from framebus.http_server import Peer
+    from framebus.view import DaemonView
 
 
 def _octal_string(value: object) -> int:
@@ -34,7 +36,7 @@ class FifoRequest(BaseModel):
     """Body of POST /v1/cameras/{name}/snapshot-to-fifo."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    fifo: Path
+    fifo: FifoPath
     format: PixelFormatName = "bgr24"
     width: int | None = Field(None, ge=1, le=8192)
     height: int | None = Field(None, ge=1, le=8192)
@@ -48,6 +50,14 @@ class SubscriptionRequest(SubscriberConfig):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     mode: Annotated[int, BeforeValidator(_octal_string)] = 0o660
+
+    @field_validator("mode")
+    @classmethod
+    def _no_looser_than_0660(cls, mode: int) -> int:
+        if mode & ~0o660:
+            raise ValueError(f"mode {mode:04o} is looser than 0660: the API may not hand "
+                             "frames to other users")
+        return mode
 
 
 MAX_SNAPSHOT_SIDE = 8192  # a request must not make the daemon convert gigabytes
@@ -78,6 +88,17 @@ def _max_age(query: dict[str, str]) -> float | None:
     return value
 
 
+def _check_owner(path: Path, owner: int, peer: Peer) -> None:
+    """Over the Unix socket, a caller may only hand the daemon its own FIFOs (root any)."""
+    if peer.uid is not None and peer.uid not in (0, owner):
+        raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused",
+                       f"{path} belongs to uid {owner}, not to the caller (uid {peer.uid})")
+
+
+def _exists(name: str) -> ApiError:
+    return ApiError(HTTPStatus.CONFLICT, "exists", f"a subscription named {name!r} exists")
+
+
 def _no_subscription(name: str) -> ApiError:
     return ApiError(HTTPStatus.NOT_FOUND, "unknown_subscription", f"no subscription {name!r}")
 
@@ -85,8 +106,18 @@ def _no_subscription(name: str) -> ApiError:
 class Handlers:
     """One method per endpoint."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
+        self._requested: set[tuple[int, int]] = set()  # FIFOs frame requests are writing to
+        self._requested_lock = threading.Lock()
+
+    def health(self, _query: dict[str, str]) -> Reply:
+        """GET /healthz (open, no token): is the daemon up, are its cameras streaming."""
+        states = {n: c.state.value for n, c in list(self.daemon.cameras.cameras.items())}
+        streaming = sum(state == CameraState.STREAMING.value for state in states.values())
+        # 200 while the daemon serves (liveness); "degraded" says a camera is not streaming
+        return json_reply({"status": "ok" if streaming == len(states) else "degraded",
+                           "cameras": len(states), "streaming": streaming})
 
     # -- cameras -----------------------------------------------------------------------------
 
@@ -155,6 +186,7 @@ class Handlers:
         width = _int(query, "width", 1, MAX_SNAPSHOT_SIDE)
         height = _int(query, "height", 1, MAX_SNAPSHOT_SIDE)
         quality = _int(query, "quality", 1, 100) or 85
+        self._check_size(name, width, height)
         frame = self._frame(name, query)
         if kind == "jpg":  # shared with any subscriber wanting the same: converted once
             payload = self.daemon.store.payload(frame, Rendition(PixelFormat.JPEG, width, height,
@@ -172,13 +204,14 @@ class Handlers:
                    "X-Framebus-Age-Ms": f"{age * 1000:.1f}"}
         return HTTPStatus.OK, headers, body
 
-    def snapshot_to_fifo(self, body: dict[str, Any], name: str) -> Reply:
+    def snapshot_to_fifo(self, body: dict[str, Any], peer: Peer, name: str) -> Reply:
         """POST /v1/cameras/{name}/snapshot-to-fifo: write the newest frame into the caller's
         FIFO as one message, through the fan-out loop, without blocking."""
         try:
             request = FifoRequest.model_validate(body)
         except ValidationError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", validation_detail(exc)) from None
+        self._check_size(name, request.width, request.height)
         # the caller's timeout bounds the whole request, the wait for a first frame included
         timeout = min(request.timeout or self.daemon.config.http.wait_timeout,
                       self.daemon.config.http.wait_timeout)
@@ -186,17 +219,30 @@ class Handlers:
         rendition = Rendition(PixelFormat.from_name(request.format), request.width,
                               request.height, request.quality)
         payload = self.daemon.store.payload(frame, rendition)  # converted here, not in the loop
+        try:  # someone else's FIFO is refused before it is opened: no probing for readers
+            owner = os.lstat(request.fifo).st_uid
+        except OSError:
+            owner = None  # open_requested_fifo says what is wrong with the path
+        if owner is not None:
+            _check_owner(request.fifo, owner, peer)
         try:
             fd = open_requested_fifo(request.fifo, self.daemon.allowed_fifo_dirs())
         except NoReader as exc:
             raise ApiError(HTTPStatus.CONFLICT, "no_reader", str(exc)) from None
         except FifoRefused as exc:
             raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused", str(exc)) from None
+        try:
+            key = self._claim_request_fifo(fd, request.fifo, peer)
+        except ApiError:
+            os.close(fd)
+            raise
         done = threading.Event()
         outcome: list[bool] = []
 
         def closed(complete: bool) -> None:
             outcome.append(complete)
+            with self._requested_lock:
+                self._requested.discard(key)
             done.set()
         self.daemon.fanout.send_once(fd, frame, payload, timeout, closed)
         if not done.wait(timeout + 2.0) or not outcome[0]:
@@ -205,6 +251,32 @@ class Handlers:
         return json_reply({"camera": name, "seq": frame.seq, "epoch": frame.epoch,
                            "format": str(payload.format), "width": payload.width,
                            "height": payload.height, "bytes": payload.nbytes})
+
+    def _claim_request_fifo(self, fd: int, path: Path, peer: Peer) -> tuple[int, int]:
+        """Refuse a FIFO that is not the caller's to give: a subscriber's (409), one another
+        request is writing (409), over the Unix socket one another user owns (403)."""
+        info = os.fstat(fd)
+        key = (info.st_dev, info.st_ino)
+        if key in self.daemon.fifos_in_use():
+            raise ApiError(HTTPStatus.CONFLICT, "fifo_in_use",
+                           f"{path} is a subscriber's FIFO: frame requests need their own")
+        _check_owner(path, info.st_uid, peer)  # again on the open file: no swap in between
+        with self._requested_lock:
+            if key in self._requested:
+                raise ApiError(HTTPStatus.CONFLICT, "fifo_in_use",
+                               f"{path}: another frame request is writing into it")
+            self._requested.add(key)
+        return key
+
+    def _check_size(self, camera: str, width: int | None, height: int | None) -> None:
+        """Refuse outputs over the camera's max_pixels (they are also never upscaled)."""
+        config = self.daemon.config.cameras.get(camera)
+        if config is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, "unknown_camera", f"no camera named {camera!r}")
+        if width and height and width * height > config.max_pixels:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "too_large",
+                           f"{width}x{height} is over the camera's max_pixels "
+                           f"{config.max_pixels}")
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -243,26 +315,78 @@ class Handlers:
         """GET /v1/subscriptions/{name}."""
         return json_reply(self.subscription_status(name))
 
-    def add_subscription(self, body: dict[str, Any]) -> Reply:
+    def add_subscription(self, body: dict[str, Any], peer: Peer) -> Reply:
         """POST /v1/subscriptions: a long-lived subscriber added at run time."""
         try:
             request = SubscriptionRequest.model_validate(body)
         except ValidationError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", validation_detail(exc)) from None
-        if request.camera not in self.daemon.config.cameras:
+        camera = self.daemon.config.cameras.get(request.camera)
+        if camera is None:
             raise ApiError(HTTPStatus.NOT_FOUND, "unknown_camera",
                            f"no camera named {request.camera!r}")
+        self._check_size(request.camera, request.width, request.height)
+        if request.name in self.daemon.config.subscribers or request.name in self.daemon.dynamic:
+            raise _exists(request.name)  # before the path: its default FIFO is in use
+        limit = self.daemon.config.http.max_subscriptions
+        if len(self.daemon.dynamic) >= limit:
+            raise ApiError(HTTPStatus.CONFLICT, "too_many_subscriptions",
+                           f"the daemon holds its limit of {limit} run-time subscriptions "
+                           "(http.max_subscriptions)")
         config = SubscriberConfig.model_validate(request.model_dump(exclude={"name"}))
+        rendition = Rendition(PixelFormat.from_name(config.format), config.width,
+                              config.height, config.quality)
+        store = self.daemon.store
+        if not store.is_wanted_rendition(request.camera, rendition) and (
+                store.renditions_of(request.camera) >= camera.max_renditions):
+            raise ApiError(HTTPStatus.CONFLICT, "too_many_renditions",
+                           f"camera {request.camera!r} already converts to "
+                           f"{camera.max_renditions} renditions (max_renditions): use one of "
+                           "the existing format and size combinations")
         path = config.fifo or self.daemon.config.fifo_dir / f"{request.name}.fifo"
         try:
             check_allowed_path(path, self.daemon.allowed_fifo_dirs())
+        except FifoError as exc:
+            raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused", str(exc)) from None
+        self._check_subscription_path(path, peer)
+        try:
             added = self.daemon.add_dynamic(request.name, config)
         except FifoError as exc:
             raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused", str(exc)) from None
-        if not added:
-            raise ApiError(HTTPStatus.CONFLICT, "exists",
-                           f"a subscription named {request.name!r} exists")
+        if not added:  # a concurrent request took the name meanwhile
+            raise _exists(request.name)
         return json_reply(self.subscription_status(request.name), HTTPStatus.CREATED)
+
+    def _check_subscription_path(self, path: Path, peer: Peer) -> None:
+        """The daemon creates a run-time subscription's FIFO itself, in a directory that
+        exists: no directories are made, and no FIFO already in use or someone else's is
+        taken over."""
+        if not path.parent.is_dir():
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request",
+                           f"fifo: {path.parent} is not an existing directory (the API does "
+                           "not create directories)")
+        resolved = os.path.realpath(path)
+        names = {*self.daemon.config.subscribers, *self.daemon.dynamic}
+        if any(os.path.realpath(self.daemon.fifo_path(n)) == resolved for n in names):
+            raise ApiError(HTTPStatus.CONFLICT, "fifo_in_use",
+                           f"{path} is another subscriber's FIFO")
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused",
+                           f"{path}: cannot inspect: {exc.strerror}") from None
+        if (info.st_dev, info.st_ino) in self.daemon.fifos_in_use():
+            raise ApiError(HTTPStatus.CONFLICT, "fifo_in_use",
+                           f"{path} is another subscriber's FIFO")
+        if info.st_uid != os.geteuid():
+            raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused",
+                           f"{path} exists and belongs to uid {info.st_uid}: the daemon only "
+                           "takes over FIFOs it made itself")
+        if peer.uid is not None and peer.uid not in (0, os.geteuid()):
+            raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused",
+                           f"{path} exists: give a new path")
 
     def delete_subscription(self, _query: dict[str, str], name: str) -> Reply:
         """DELETE /v1/subscriptions/{name} (run-time subscriptions only)."""

@@ -29,7 +29,7 @@ from av.codec.hwaccel import HWAccel
 from pydantic import SecretStr
 
 from framebus.backoff import Backoff, BackoffPolicy
-from framebus.config import CameraConfig
+from framebus.config import CameraConfig, looks_secret
 from framebus.store import LatestFrameStore, StoredFrame
 from framebus.wire import CaptureSource
 
@@ -54,6 +54,10 @@ class _Abandoned(Exception):
 
 class _Unsupported(Exception):
     """The source opened but has nothing we can decode."""
+
+
+class _TooLarge(_Unsupported):
+    """The stream declares more pixels than the camera's ``max_pixels``."""
 
 
 @dataclass
@@ -84,13 +88,17 @@ class CameraStats:
 
 
 def redact_url(url: str) -> str:
-    """The URL without any user information."""
+    """The URL without user information, and with credential-like query values (password=,
+    token= ...) replaced by REDACTED: the form every log line and API answer shows."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        parts = parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host)
+    if parts.query:
+        parts = parts._replace(query="&".join(
+            f"{part.split('=', 1)[0]}=REDACTED" if looks_secret(part.split("=", 1)[0]) else part
+            for part in parts.query.split("&")))
+    return urlunsplit(parts)
 
 
 def url_with_credentials(url: str, username: str | None, password: SecretStr | None) -> str:
@@ -235,7 +243,8 @@ class Camera:
             self.stats.reconnects["auth_failed"] += 1
             return self._fail(generation, CameraState.AUTH_FAILED, describe_error(exc), auth=True)
         except _Unsupported as exc:
-            self.stats.reconnects["unsupported"] += 1
+            reason = "too_large" if isinstance(exc, _TooLarge) else "unsupported"
+            self.stats.reconnects[reason] += 1
             return self._fail(generation, CameraState.UNSUPPORTED, str(exc), auth=True)
         except Exception as exc:  # every other FFmpeg/OS failure: back off and retry
             self.stats.reconnects["error"] += 1
@@ -274,6 +283,7 @@ class Camera:
         codec = stream.codec_context
         if codec is None or stream.codec_context.name is None:
             raise _Unsupported("no decoder for the video stream")
+        self._check_size(codec.width, codec.height)  # from the SDP/extradata: before decoding
         codec.thread_count = self.config.decoder_threads
         if self.config.decoder_threads != 1:
             codec.thread_type = "AUTO"
@@ -299,6 +309,7 @@ class Camera:
                 self.stats.decode_errors += 1
                 continue
             for frame in frames:
+                self._check_size(frame.width, frame.height)  # a stream may grow mid-way
                 shape = (frame.width, frame.height, frame.format.name)
                 if size is not None and shape != size:
                     self.stats.epoch += 1  # size or format changed mid-stream
@@ -307,6 +318,11 @@ class Camera:
                 # FFmpeg fills this in once the first RTCP sender report has arrived
                 realtime_us = container.start_time_realtime
                 self._publish(generation, frame, epoch, time_base, realtime_us, start_pts)
+
+    def _check_size(self, width: int, height: int) -> None:
+        if width * height > self.config.max_pixels:
+            raise _TooLarge(f"stream is {width}x{height} ({width * height} pixels), over "
+                            f"max_pixels {self.config.max_pixels}: refused")
 
     def _publish(self, generation: int, frame: av.VideoFrame, epoch: int,
                  time_base: Fraction, realtime_us: int | None, start_pts: int) -> None:

@@ -22,12 +22,9 @@ until the next read; ``frame.intact()`` re-checks the slot's stamp.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import secrets
 import select
-import socket
 import stat
 import threading
 import time
@@ -35,10 +32,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import numpy as np
 
+from framebus.apiclient import post_json
 from framebus.errors import FifoError, ProtocolError
 from framebus.shm import SegmentMaps
 from framebus.wire import (
@@ -53,6 +50,9 @@ from framebus.wire import (
 )
 
 _APPEAR_POLL_S = 0.05  # how often to look for a FIFO that does not exist yet
+# While no writer has attached, how often to check that the path still names the FIFO we
+# hold open (a restarted daemon may have made a new one there: PROTOCOL.md section 10).
+_REPLACED_CHECK_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +135,7 @@ class SubscriberStats:
     opens: int = 0
     truncated: int = 0
     stale: int = 0  # shm messages whose slot no longer held their frame: skipped
+    replaced: int = 0  # reopens because the path came to name another FIFO (or vanished)
     last_seq: dict[str, int] = field(default_factory=dict)
 
 
@@ -281,52 +282,31 @@ class Subscriber:
         self.stats.opens += 1
 
     def _wait_readable(self, deadline: float | None) -> None:
-        if deadline is None:
-            self._poller.poll()
-            return
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self._poller.poll(max(1, int(remaining * 1000) + 1)):
-            raise TimeoutError(f"no frame on {self.path} in time")
+        """Poll until readable (a zero timeout still polls once). While no writer has come,
+        wake every _REPLACED_CHECK_S to check that the path still names our FIFO, and
+        reopen when it does not: a reader must not wait forever on a deleted inode."""
+        while True:
+            slice_s = None if self._writer_seen else _REPLACED_CHECK_S
+            if deadline is not None:
+                remaining = max(0.0, deadline - time.monotonic())
+                slice_s = remaining if slice_s is None else min(slice_s, remaining)
+            if self._poller.poll(-1 if slice_s is None else int(slice_s * 1000) + (slice_s > 0)):
+                return
+            if not self._writer_seen and self._replaced():
+                self.stats.replaced += 1
+                self.close()
+                self._open(deadline)
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no frame on {self.path} in time")
 
-
-def _post(url: str, unix_socket: str | None, path: str, body: dict[str, object],
-          token: str | None, timeout: float) -> tuple[int, dict[str, object]]:
-    """POST JSON over TCP or a Unix socket; returns (status, decoded JSON body)."""
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    connection: http.client.HTTPConnection
-    if unix_socket is not None:
-        connection = UnixHTTPConnection(unix_socket, timeout)
-    else:
-        parts = urlsplit(url)
-        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1",
-                                                parts.port or 8470, timeout=timeout)
-    try:
-        connection.request("POST", path, json.dumps(body).encode(), headers)
-        response = connection.getresponse()
-        data = response.read()
-    finally:
-        connection.close()
-    try:
-        decoded = json.loads(data or b"{}")
-    except ValueError:
-        decoded = {"error": "bad_response", "detail": data[:200].decode("utf-8", "replace")}
-    return response.status, decoded if isinstance(decoded, dict) else {}
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a Unix socket (the daemon's optional control socket)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+    def _replaced(self) -> bool:
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return True
+        held = os.fstat(self._fd)
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
 
 
 class FrameRequestError(Exception):
@@ -378,8 +358,9 @@ def request_frame(
 
             def ask() -> None:  # the frame may exceed the pipe: read it while the POST waits
                 try:
-                    answer.append(_post(url, unix_socket, f"/v1/cameras/{camera}/snapshot-to-fifo",
-                                        body, token, timeout + 5.0))
+                    answer.append(post_json(url, unix_socket,
+                                            f"/v1/cameras/{camera}/snapshot-to-fifo",
+                                            body, token, timeout + 5.0))
                 except BaseException as exc:  # re-raised in the caller's thread
                     failure.append(exc)
                 if failure or answer[0][0] != 200:  # no frame will come: end the reader's wait

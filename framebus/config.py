@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,6 +33,20 @@ from framebus.errors import ConfigError
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+_SECRET_WORDS = ("pass", "pwd", "token", "secret", "auth", "key", "sig", "cred")
+
+
+def looks_secret(key: str) -> bool:
+    """A URL query key that may carry a credential (password=, pwd=, token=, api_key= ...)."""
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def query_keys(query: str) -> list[str]:
+    """The keys of a URL query string, in order (values never looked at)."""
+    return [part.split("=", 1)[0] for part in query.split("&") if part]
 
 
 def parse_duration(value: object) -> float:
@@ -89,6 +104,10 @@ class CameraConfig(_Strict):
     decoder_threads: int = Field(1, ge=0, le=16)  # 0: let FFmpeg choose
     idle_decode: Literal["keyframes", "all"] = "keyframes"
     hwaccel: str | None = None
+    # a stream declaring more pixels is refused before its frames are decoded (state and
+    # metric reason "too_large"); renditions are capped per camera
+    max_pixels: int = Field(8192 * 8192, ge=64, le=1 << 30)
+    max_renditions: int = Field(8, ge=1, le=64)
 
     @field_validator("url")
     @classmethod
@@ -100,6 +119,11 @@ class CameraConfig(_Strict):
             if parts.username is not None or parts.password is not None:
                 raise ValueError("credentials in the URL are not allowed: use username and "
                                  "password, password_file, password_env or password_credential")
+            secret_keys = [key for key in query_keys(parts.query) if looks_secret(key)]
+            if secret_keys:
+                raise ValueError(f"credentials in the URL's query ({secret_keys[0]}=...) are "
+                                 "not allowed: use username and password, password_file, "
+                                 "password_env or password_credential")
         elif parts.scheme not in ("", "file", "lavfi"):
             raise ValueError(f"expected an rtsp://, rtsps://, file path or lavfi: URL, "
                              f"got scheme {parts.scheme!r}")
@@ -129,6 +153,18 @@ def parse_mode(value: object) -> int:
 
 
 FileMode = Annotated[int, BeforeValidator(parse_mode)]
+
+
+def _usable_path(path: Path) -> Path:
+    text = str(path)
+    if "\0" in text:
+        raise ValueError("a path may not contain a NUL character")
+    if len(os.fsencode(text)) > 4095:
+        raise ValueError("path longer than 4095 bytes")
+    return path
+
+
+FifoPath = Annotated[Path, AfterValidator(_usable_path)]
 PixelFormatName = Literal["bgr24", "rgb24", "gray", "yuv420p", "nv12", "jpeg"]
 
 
@@ -141,10 +177,10 @@ class SubscriberConfig(_Strict):
     width: int | None = Field(None, ge=1, le=32768)  # one side given keeps the aspect ratio
     height: int | None = Field(None, ge=1, le=32768)
     max_fps: float | None = Field(None, gt=0, le=1000)
-    fifo: Path | None = None  # default: <fifo_dir>/<name>.fifo
+    fifo: FifoPath | None = None  # default: <fifo_dir>/<name>.fifo
     pipe_size: int = Field(1 << 20, ge=4096, le=1 << 30)
     mode: FileMode = 0o660
-    group: str | None = None
+    group: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
     # shm: pixels go through a shared-memory segment beside the FIFO, headers through the FIFO
     transport: Literal["fifo", "shm"] = "fifo"
 
@@ -167,6 +203,13 @@ class HttpConfig(_Strict):
     allowed_fifo_dirs: list[Path] = Field(default_factory=list)  # besides fifo_dir
     wait_timeout: Duration = 5.0  # longest wait for newer_than and for a FIFO reader to drain
     max_body_bytes: int = Field(65536, ge=256, le=1 << 20)
+    allowed_hosts: list[str] = Field(default_factory=list)  # Host names besides IPs, localhost
+    max_connections: int = Field(512, ge=4, le=65536)  # kept below the fd limit at start
+    head_timeout: Duration = 10.0  # a request head, and the keep-alive idle time
+    body_timeout: Duration = 10.0
+    write_timeout: Duration = 30.0
+    workers: int = Field(4, ge=1, le=64)  # threads for snapshots, conversions, frame requests
+    max_subscriptions: int = Field(64, ge=0, le=4096)  # run-time subscriptions, all cameras
 
     @field_validator("listen")
     @classmethod
@@ -252,7 +295,8 @@ def _describe(error: ErrorDetails) -> str:
         return f"{path}: required key is missing"
     message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
-    secret = any(str(part).startswith(("password", "url")) for part in error["loc"])
+    secret = any(word in str(part) for part in error["loc"]
+                 for word in ("password", "url", "token", "secret"))
     if kind != "value_error" and not secret and isinstance(value, str | int | float | bool):
         message += f", got {value!r}"
     return f"{path}: {message}" if path else message

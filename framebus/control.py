@@ -1,233 +1,186 @@
-"""The control plane: an HTTP API (standard library server) and /metrics.
+"""The control plane: the HTTP API and /metrics, served by http_server on one asyncio thread.
 
 Every error is a 4xx (or 503/504 for "not now") with a JSON body
-``{"error": ..., "detail": ...}``; request bodies are size-limited; handlers never let an
-exception escape as a 5xx traceback. The API is described in docs/openapi.yaml.
+``{"error": ..., "detail": ...}``; handlers never let an exception escape as a traceback. The
+API is described in docs/openapi.yaml.
+
+What is checked from a request's head alone, before any body byte is read, in this order:
+the Host (421), the route and method (404/405), the access rules of access.py (401/403),
+and for a body its Content-Type (415). Cheap endpoints (status, subscriptions, /metrics) run
+on the event loop; the ones that wait for frames or convert them (snapshots, frame requests)
+run on a pool of ``http.workers`` threads, and beyond it answer 503 with Retry-After.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
 import os
 import re
-import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from socketserver import ThreadingMixIn, UnixStreamServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import ValidationError
+from pydantic import SecretStr
 
-from framebus.errors import FramebusError
+from framebus.access import host_allowed, host_name, origin_allowed, token_matches
+from framebus.api import ApiError, Reply
+from framebus.api_handlers import Handlers
+from framebus.http_server import App, HttpServer, Limits, Peer, Request, Response, error_response
 from framebus.metrics import build_registry, render
-
-if TYPE_CHECKING:
-    from framebus.daemon import Daemon
+from framebus.view import DaemonView
 
 log = logging.getLogger("framebus.control")
 
-
-class ApiError(FramebusError):
-    """An error answer: HTTP status, short code and a detail for humans."""
-
-    def __init__(self, status: HTTPStatus, error: str, detail: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
-        self.headers = headers or {}
+NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})"
 
 
-Reply = tuple[HTTPStatus, dict[str, str], bytes]
-Route = tuple[str, re.Pattern[str], Callable[..., Reply]]
+@dataclass(frozen=True)
+class Route:
+    """One endpoint: ``open`` needs no token; ``pooled`` runs on the worker threads."""
+
+    method: str
+    pattern: re.Pattern[str]
+    func: Callable[..., Reply]
+    open: bool = False
+    pooled: bool = False
 
 
-def json_reply(data: object, status: HTTPStatus = HTTPStatus.OK) -> Reply:
-    """A JSON answer."""
-    return status, {"Content-Type": "application/json"}, json.dumps(data).encode()
+def _answer(reply: Reply) -> Response:
+    status, headers, body = reply
+    return Response(int(status), list(headers.items()), body)
 
 
-def validation_detail(exc: ValidationError) -> str:
-    """The first pydantic error as ``field: message`` (never echoing input values)."""
-    first = exc.errors()[0]
-    path = ".".join(str(part) for part in first["loc"])
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    return f"{path}: {message}" if path else message
+def _refusal(exc: ApiError) -> Response:
+    headers = list(exc.headers.items())
+    if exc.status == HTTPStatus.UNAUTHORIZED:
+        headers.append(("WWW-Authenticate", 'Bearer realm="framebus"'))
+    return error_response(int(exc.status), exc.error, exc.detail, headers)
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Dispatches requests to the API; the server object carries the API."""
+class Api(App):
+    """Routes, access checks and dispatch, over a running daemon."""
 
-    server: ControlServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http: " + format, *args)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def __getattr__(self, name: str) -> Callable[[], None]:
-        # every other method (HEAD, PUT, TRACE, ...) gets a JSON 405 from the router, not the
-        # standard library's HTML 501 page
-        if name.startswith("do_") and name[3:].isalpha() and name[3:].isupper():
-            return lambda: self._dispatch(name[3:])
-        raise AttributeError(name)
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        """Errors the standard library detects itself (a bad request line, headers too long)
-        get the same JSON body as ours."""
-        status = HTTPStatus(code)
-        body = json.dumps({"error": status.phrase.lower().replace(" ", "_"),
-                           "detail": message or status.description}).encode()
-        self.close_connection = True
-        self.send_response(code, message)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
-            self.wfile.write(body)
-
-    def _dispatch(self, method: str) -> None:
-        try:
-            # read the body before anything can refuse the request: left unread on a kept-alive
-            # connection, it would be parsed as the next request
-            body = self._body()
-            reply = self.server.api.handle(method, self.path, self.headers, lambda: body)
-        except ApiError as exc:
-            reply = json_reply({"error": exc.error, "detail": exc.detail}, exc.status)
-            reply[1].update(exc.headers)
-            if exc.status == HTTPStatus.UNAUTHORIZED:
-                reply[1]["WWW-Authenticate"] = 'Bearer realm="framebus"'
-        except Exception:  # a bug must not become a traceback on the wire
-            log.exception("http: %s %s failed", method, urlsplit(self.path).path)
-            reply = json_reply({"error": "internal", "detail": "internal error (logged)"},
-                               HTTPStatus.INTERNAL_SERVER_ERROR)
-        status, headers, body = reply
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if method != "HEAD":
-            self.wfile.write(body)
-
-    def _body(self) -> bytes:
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            if self.headers.get("Transfer-Encoding"):
-                self.close_connection = True
-                raise ApiError(HTTPStatus.LENGTH_REQUIRED, "length_required",
-                               "send a Content-Length (chunked bodies are not accepted)")
-            return b""
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", "bad Content-Length") from None
-        limit = self.server.api.max_body
-        if length < 0 or length > limit:
-            self.close_connection = True
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body_too_large",
-                           f"request body over {limit} bytes")
-        return self.rfile.read(length)
-
-
-class ControlServer(ThreadingHTTPServer):
-    """TCP server carrying the API."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], api: Api) -> None:
-        self.api = api
-        super().__init__(address, Handler)
-
-
-class UnixControlServer(ThreadingMixIn, UnixStreamServer):
-    """The same API on a Unix socket."""
-
-    daemon_threads = True
-
-    def __init__(self, path: Path, api: Api) -> None:
-        self.api = api
-        path.unlink(missing_ok=True)
-        super().__init__(str(path), Handler)
-        os.chmod(path, 0o660)  # the owner and its group may connect, whatever the umask
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        request, _ = self.socket.accept()
-        return request, ("unix", 0)  # BaseHTTPRequestHandler wants a (host, port) pair
-
-
-class Api:
-    """Routes and their implementations, over a running daemon."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        from framebus.api_handlers import Handlers
-
-        self.daemon = daemon
-        self.registry = build_registry(daemon)
-        self.max_body = daemon.config.http.max_body_bytes
-        self.handlers = Handlers(daemon)
-        h = self.handlers
-        name = r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})"
+    def __init__(self, view: DaemonView, token: SecretStr, workers: ThreadPoolExecutor,
+                 worker_count: int,
+                 http_stats: Callable[[], tuple[int, int, int, int]] | None = None) -> None:
+        self.view, self.token = view, token
+        self.registry = build_registry(view, http_stats)
+        self.handlers = h = Handlers(view)
+        self.allowed_hosts = frozenset(name.lower() for name in view.config.http.allowed_hosts)
+        self.workers, self.worker_count, self.busy_workers = workers, worker_count, 0
         self.routes: list[Route] = [
-            ("GET", re.compile(r"/metrics"), self._metrics),
-            ("GET", re.compile(r"/v1/cameras"), h.list_cameras),
-            ("GET", re.compile(rf"/v1/cameras/{name}"), h.get_camera),
-            ("GET", re.compile(rf"/v1/cameras/{name}/snapshot\.(?P<kind>jpg|png)"), h.snapshot),
-            ("POST", re.compile(rf"/v1/cameras/{name}/snapshot-to-fifo"), h.snapshot_to_fifo),
-            ("GET", re.compile(r"/v1/subscriptions"), h.list_subscriptions),
-            ("POST", re.compile(r"/v1/subscriptions"), h.add_subscription),
-            ("GET", re.compile(rf"/v1/subscriptions/{name}"), h.get_subscription),
-            ("DELETE", re.compile(rf"/v1/subscriptions/{name}"), h.delete_subscription),
+            Route("GET", re.compile(r"/metrics"), self._metrics, open=True),
+            Route("GET", re.compile(r"/healthz"), h.health, open=True),
+            Route("GET", re.compile(r"/v1/cameras"), h.list_cameras),
+            Route("GET", re.compile(rf"/v1/cameras/{NAME}"), h.get_camera),
+            Route("GET", re.compile(rf"/v1/cameras/{NAME}/snapshot\.(?P<kind>jpg|png)"),
+                  h.snapshot, pooled=True),
+            Route("POST", re.compile(rf"/v1/cameras/{NAME}/snapshot-to-fifo"),
+                  h.snapshot_to_fifo, pooled=True),
+            Route("GET", re.compile(r"/v1/subscriptions"), h.list_subscriptions),
+            Route("POST", re.compile(r"/v1/subscriptions"), h.add_subscription),
+            Route("GET", re.compile(rf"/v1/subscriptions/{NAME}"), h.get_subscription),
+            Route("DELETE", re.compile(rf"/v1/subscriptions/{NAME}"), h.delete_subscription),
         ]
 
-    def handle(self, method: str, target: str, headers: Any, body: Callable[[], bytes]) -> Reply:
-        """Authorise, route and run one request."""
-        self._authorise(headers)
-        parts = urlsplit(target)
-        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    # -- from the head alone ------------------------------------------------------------------
+
+    def head(self, request: Request) -> Response | None:
+        """Refuse what the head alone says is refused; None lets the body be read."""
+        try:
+            self._check_host(request)
+            route, _ = self._route(request)
+            self._authorise(request, route)
+            if request.method == "POST":
+                media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+                if media != "application/json":
+                    raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+                                   "request bodies must be sent as Content-Type: "
+                                   "application/json")
+        except ApiError as exc:
+            return _refusal(exc)
+        return None
+
+    def _check_host(self, request: Request) -> None:
+        if request.peer.transport == "unix":
+            return  # no browser reaches a Unix socket
+        host = request.headers.get("host")
+        if host is None and request.http_version == "1.0":
+            return  # no Host: not a browser (they all send one)
+        if not host_allowed(host_name(host or ""), self.allowed_hosts):
+            raise ApiError(HTTPStatus.MISDIRECTED_REQUEST, "unknown_host",
+                           "Host is not an address or name of this daemon (add the name to "
+                           "http.allowed_hosts)")
+        origin = request.headers.get("origin")
+        if origin is not None and not origin_allowed(origin, host or "", self.allowed_hosts):
+            raise ApiError(HTTPStatus.FORBIDDEN, "cross_origin",
+                           "requests from other sites' pages are refused")
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            raise ApiError(HTTPStatus.FORBIDDEN, "cross_origin",
+                           "requests from other sites' pages are refused")
+
+    def _route(self, request: Request) -> tuple[Route, dict[str, str]]:
+        path = urlsplit(request.target).path
         allowed = []
-        for route_method, pattern, func in self.routes:
-            match = pattern.fullmatch(parts.path)
+        for route in self.routes:
+            match = route.pattern.fullmatch(path)
             if match is None:
                 continue
-            if route_method != method:
-                allowed.append(route_method)
+            if route.method != request.method:
+                allowed.append(route.method)
                 continue
-            args = match.groupdict()
-            if method == "POST":
-                return func(self._json(body()), **args)
-            return func(query, **args)
+            return route, match.groupdict()
         if allowed:
             raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
-                           f"{method} not allowed on {parts.path} (use {', '.join(allowed)})",
+                           f"{request.method} not allowed on {path} (use {', '.join(allowed)})",
                            {"Allow": ", ".join(allowed)})
-        raise ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no such endpoint: {parts.path}")
+        raise ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no such endpoint: {path}")
 
-    def _authorise(self, headers: Any) -> None:
-        token = self.daemon.http_token
-        if token is None:
-            return
-        given = str(headers.get("Authorization", ""))
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+    def _authorise(self, request: Request, route: Route) -> None:
+        if route.open or request.peer.transport == "unix":
+            return  # the Unix socket's permissions decide who may connect at all
+        if not token_matches(request.headers.get("authorization"), self.token):
             raise ApiError(HTTPStatus.UNAUTHORIZED, "unauthorized", "missing or wrong token")
+
+    # -- with the body ------------------------------------------------------------------------
+
+    async def __call__(self, request: Request, body: bytes) -> Response:
+        """Run the endpoint: inline, or on a worker thread when it may wait or convert."""
+        try:
+            route, args = self._route(request)
+            call = self._bind(route, request, body, args)
+            if not route.pooled:
+                return _answer(call())
+            if self.busy_workers >= self.worker_count:
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "busy",
+                               f"all {self.worker_count} workers are converting or waiting "
+                               "for frames", {"Retry-After": "1"})
+            self.busy_workers += 1
+            try:
+                reply = await asyncio.get_running_loop().run_in_executor(self.workers, call)
+            finally:
+                self.busy_workers -= 1
+            return _answer(reply)
+        except ApiError as exc:
+            return _refusal(exc)
+        except Exception:  # a bug must not become a traceback on the wire
+            log.exception("http: %s %s failed", request.method, urlsplit(request.target).path)
+            return error_response(500, "internal", "internal error (logged)")
+
+    def _bind(self, route: Route, request: Request, body: bytes, args: dict[str, str]
+              ) -> Callable[[], Reply]:
+        if request.method == "POST":
+            data = self._json(body)  # POST endpoints learn who asks: FIFOs must be theirs
+            return lambda: route.func(data, request.peer, **args)
+        query = {k: v[-1] for k, v in
+                 parse_qs(urlsplit(request.target).query, keep_blank_values=True).items()}
+        return lambda: route.func(query, **args)
 
     @staticmethod
     def _json(body: bytes) -> dict[str, Any]:
@@ -245,30 +198,56 @@ class Api:
 
 
 class ControlPlane:
-    """Owns the HTTP server thread."""
+    """Owns the HTTP thread: one event loop serving the API on TCP or a Unix socket."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        http = daemon.config.http
-        self.api = Api(daemon)
-        self.server: ControlServer | UnixControlServer
-        if http.unix_socket is not None:
-            self.server = UnixControlServer(http.unix_socket, self.api)
-            self.address: str = str(http.unix_socket)
-        else:
-            host, _, port = http.listen.rpartition(":")
-            self.server = ControlServer((host.strip("[]"), int(port)), self.api)
-            bound_host, bound_port = self.server.server_address[:2]
-            self.address = f"{bound_host!s}:{bound_port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="http",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
+    def __init__(self, view: DaemonView, token: SecretStr, max_connections: int) -> None:
+        http = view.config.http
+        self.workers = ThreadPoolExecutor(http.workers, thread_name_prefix="http-worker")
+        self.api = Api(view, token, self.workers, http.workers, lambda: self.peer_stats)
+        self.limits = Limits(max_connections=max_connections,
+                             head_timeout=http.head_timeout, body_timeout=http.body_timeout,
+                             write_timeout=http.write_timeout, max_body=http.max_body_bytes)
+        self.server = HttpServer(self.api, self.limits)
+        self.loop = asyncio.new_event_loop()
+        self.address = ""
+        self._unix_socket = http.unix_socket
+        self._listen = http.listen
+        self._thread = threading.Thread(target=self.loop.run_forever, name="http", daemon=True)
 
     def start(self) -> None:
-        """Serve in a background thread."""
+        """Bind (errors such as "address in use" raise here) and serve in the background."""
+        if self._unix_socket is not None:
+            path = self._unix_socket
+            path.unlink(missing_ok=True)
+            self.loop.run_until_complete(self.server.listen_unix(str(path)))
+            os.chmod(path, 0o660)  # the owner and its group may connect, whatever the umask
+            self.address = str(path)
+        else:
+            host, _, port = self._listen.rpartition(":")
+            try:
+                bound = self.loop.run_until_complete(
+                    self.server.listen_tcp(host.strip("[]"), int(port)))
+            except OSError as exc:
+                raise OSError(exc.errno, f"http.listen {self._listen}: {exc.strerror}") from None
+            self.address = f"{bound[0]}:{bound[1]}"
         self._thread.start()
-        log.info("http: listening on %s", self.address)
+        log.info("http: listening on %s (at most %d connections)", self.address,
+                 self.limits.max_connections)
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(2.0)
+        """Stop serving, close every connection and the socket."""
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5.0)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5.0)
+        self.loop.close()
+        self.workers.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def peer_stats(self) -> tuple[int, int, int, int]:
+        """(open connections, refused at the cap, evicted idle, timed out)."""
+        s = self.server
+        return len(s.connections), s.refused, s.evicted, s.timed_out
+
+
+__all__ = ["Api", "ControlPlane", "Peer"]

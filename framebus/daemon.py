@@ -8,8 +8,10 @@ reload are the same operation.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import threading
@@ -20,9 +22,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from framebus.access import generate_token_file
 from framebus.camera import Camera, CameraSet, CameraState
 from framebus.config import Config, SubscriberConfig, load_config, resolve_passwords
-from framebus.errors import ConfigError, FifoError
+from framebus.errors import ConfigError, FifoError, FramebusError
 from framebus.fanout import FanoutLoop, SubscriberSpec
 from framebus.sdnotify import Notifier
 from framebus.shm import remove_stale
@@ -35,8 +38,56 @@ if TYPE_CHECKING:
 log = logging.getLogger("framebus.daemon")
 
 
+LOCK_NAME = ".framebus.lock"
+
+
+class AlreadyRunning(FramebusError):
+    """Another daemon holds this configuration's fifo_dir."""
+
+
+def lock_fifo_dir(fifo_dir: Path) -> int:
+    """Take the one-daemon-per-fifo_dir lock (flock on ``fifo_dir/.framebus.lock``, holding
+    our pid); the fd stays open for the daemon's life, the kernel drops the lock at exit."""
+    path = fifo_dir / LOCK_NAME
+    try:
+        fifo_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise FifoError(f"{path}: cannot open the daemon lock: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunning(f"another framebus (pid {holder}) is running on {fifo_dir}: it "
+                             f"holds the lock {path}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_cap(config: Config, fd_limit: int) -> int:
+    """http.max_connections, lowered so that cameras, FIFOs and shm segments always keep
+    fds: 128 spare plus 4 per camera and per (configured or possible run-time) subscriber."""
+    http = config.http
+    reserve = 128 + 4 * (len(config.cameras) + len(config.subscribers) + http.max_subscriptions)
+    return max(4, min(http.max_connections, fd_limit - reserve))
+
+
 def http_token(config: Config) -> SecretStr | None:
-    """The API's bearer token, from the config or its token file."""
+    """The API's bearer token, from the config or its token file (None: generate one)."""
     http = config.http
     if http.token is not None:
         return http.token
@@ -62,11 +113,15 @@ class Daemon:
         self.subscriber_errors: dict[str, str] = {}
         self.dynamic: dict[str, SubscriberConfig] = {}  # added over HTTP; survive reloads
         self.control: ControlPlane | None = None
+        self.token_path: Path | None = None  # where a generated API token was written
+        self._lock_fd: int | None = None
         self._specs: dict[str, SubscriberSpec] = {}
         self._lock = threading.Lock()  # reconcile runs from the main and the HTTP threads
 
     def start(self) -> None:
-        """Start the fan-out loop, reconcile with the config, then serve HTTP."""
+        """Lock fifo_dir, start the fan-out loop, reconcile with the config, then serve HTTP."""
+        self._lock_fd = lock_fifo_dir(self.config.fifo_dir)  # before touching anything there
+        fd_limit = raise_fd_limit()
         directories = [self.config.fifo_dir, *(self.config.fifo_path(n).parent
                                                for n in self.config.subscribers)]
         for path in remove_stale(directories):  # a crashed daemon's, never a running one's
@@ -76,13 +131,29 @@ class Daemon:
         if self.config.http.enabled:
             from framebus.control import ControlPlane
 
-            self.control = ControlPlane(self)
+            token = self.http_token
+            if token is None:  # safe by default: a token only the fifo_dir's group can read
+                token, self.token_path = generate_token_file(self.config.fifo_dir)
+                self.http_token = token
+                log.info("http: no token configured; generated one in %s", self.token_path)
+            self.control = ControlPlane(self, token, connection_cap(self.config, fd_limit))
             self.control.start()
 
     def fifo_path(self, name: str) -> Path:
         """Where a configured or run-time subscriber's FIFO lives."""
         sub = self.dynamic.get(name) or self.config.subscribers[name]
         return sub.fifo or self.config.fifo_dir / f"{name}.fifo"
+
+    def fifos_in_use(self) -> set[tuple[int, int]]:
+        """(st_dev, st_ino) of every subscriber's FIFO that exists now."""
+        keys = set()
+        for spec in list(self._specs.values()):
+            try:
+                info = os.stat(spec.path)
+            except OSError:
+                continue
+            keys.add((info.st_dev, info.st_ino))
+        return keys
 
     def allowed_fifo_dirs(self) -> list[Path]:
         """Directories the HTTP API may write FIFOs in: fifo_dir plus the configured ones."""
@@ -166,6 +237,11 @@ class Daemon:
             self.control.stop()
         self.cameras.close()
         self.fanout.stop()
+        if self.token_path is not None:
+            self.token_path.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 class SignalInbox:
@@ -238,7 +314,7 @@ def run(config: Config, passwords: dict[str, SecretStr | None] | None = None,
     daemon.fanout.on_tick = notifier.watchdog  # a hung loop stops the pings: systemd restarts
     try:
         daemon.start()
-    except OSError as exc:  # e.g. the HTTP address is taken
+    except (OSError, FramebusError) as exc:  # the HTTP address is taken, another daemon runs
         log.error("cannot start: %s", exc)
         daemon.stop()
         return 1

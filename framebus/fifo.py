@@ -41,14 +41,20 @@ def ensure_fifo(path: Path, mode: int = 0o660, group: str | None = None) -> bool
     try:
         info = os.lstat(path)
     except FileNotFoundError:
+        try:  # the group first: a refused one must leave no FIFO behind
+            gid = -1 if group is None else grp.getgrnam(group).gr_gid
+        except (KeyError, ValueError):
+            raise FifoError(f"{path}: group {group!r} does not exist") from None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             os.mkfifo(path, mode)
-            os.chmod(path, mode)  # mkfifo's mode is filtered by the umask
-            if group is not None:
-                os.chown(path, -1, grp.getgrnam(group).gr_gid)
-        except KeyError:
-            raise FifoError(f"{path}: group {group!r} does not exist") from None
+            try:
+                os.chmod(path, mode)  # mkfifo's mode is filtered by the umask
+                if gid != -1:
+                    os.chown(path, -1, gid)
+            except OSError:
+                path.unlink(missing_ok=True)
+                raise
         except OSError as exc:  # read-only file system, permissions, a file as parent ...
             raise FifoError(f"{path}: cannot create the FIFO: {exc.strerror}") from None
         return True

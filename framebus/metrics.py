@@ -8,7 +8,7 @@ prefix, ``_total`` for counters, base units (``_seconds``, ``_bytes``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -22,16 +22,19 @@ from prometheus_client.registry import Collector
 
 from framebus.camera import CameraState
 from framebus.fanout import LATENCY_BUCKETS_S
+from framebus.wire import PixelFormat
 
 if TYPE_CHECKING:
-    from framebus.daemon import Daemon
+    from framebus.view import DaemonView
 
 
 class FramebusCollector(Collector):
     """Reads statistics snapshots of a running daemon."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView,
+                 http_stats: Callable[[], tuple[int, int, int, int]] | None = None) -> None:
         self.daemon = daemon
+        self.http_stats = http_stats
 
     def collect(self) -> Iterator[Metric]:
         """Called by prometheus_client at scrape time."""
@@ -39,11 +42,32 @@ class FramebusCollector(Collector):
         yield from self._subscribers()
         conversions = CounterMetricFamily(
             "framebus_conversions", "Frame conversions to a (format, size) rendition",
-            labels=["camera", "format", "width", "height"])
+            labels=["camera", "format", "width", "height", "quality"])
         for (camera, rendition), count in list(self.daemon.store.conversions.items()):
+            quality = str(rendition.quality) if rendition.format is PixelFormat.JPEG else ""
             conversions.add_metric([camera, str(rendition.format), str(rendition.width or ""),
-                                    str(rendition.height or "")], count)
+                                    str(rendition.height or ""), quality], count)
         yield conversions
+        on_demand = CounterMetricFamily(
+            "framebus_on_demand_conversions", "Conversions made for snapshots and frame "
+            "requests (any size: not labelled by it)", labels=["camera"])
+        for camera, count in list(self.daemon.store.on_demand.items()):
+            on_demand.add_metric([camera], count)
+        yield on_demand
+        if self.http_stats is not None:
+            yield from self._http(*self.http_stats())
+
+    @staticmethod
+    def _http(open_now: int, refused: int, evicted: int, timed_out: int) -> Iterator[Metric]:
+        yield GaugeMetricFamily("framebus_http_connections", "Open HTTP connections",
+                                value=open_now)
+        closed = CounterMetricFamily("framebus_http_connections_closed",
+                                     "HTTP connections the daemon closed, by reason",
+                                     labels=["reason"])
+        closed.add_metric(["refused_at_cap"], refused)
+        closed.add_metric(["evicted_idle"], evicted)
+        closed.add_metric(["timeout"], timed_out)
+        yield closed
 
     def _cameras(self) -> Iterator[Metric]:
         labels = ["camera"]
@@ -139,10 +163,12 @@ def _bound(value: float) -> str:
     return "+Inf" if value == float("inf") else repr(value)
 
 
-def build_registry(daemon: Daemon) -> CollectorRegistry:
+def build_registry(daemon: DaemonView,
+                   http_stats: Callable[[], tuple[int, int, int, int]] | None = None
+                   ) -> CollectorRegistry:
     """A registry of framebus's own: its collector plus the process metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FramebusCollector(daemon))
+    registry.register(FramebusCollector(daemon, http_stats))
     ProcessCollector(namespace="framebus", registry=registry)
     return registry
 

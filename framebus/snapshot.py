@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
+from framebus.apiclient import default_token
 from framebus.client import FrameRequestError, request_frame
 from framebus.errors import FramebusError
 from framebus.imaging import ImageKind, encode_image, to_video_frame
@@ -17,7 +18,8 @@ def snapshot(args: argparse.Namespace) -> int:
     """Fetch and save one frame; print the file name."""
     out: Path = args.out or Path(f"{args.camera}.jpg")
     kind: ImageKind = "png" if out.suffix.lower() == ".png" else "jpeg"
-    token = args.token_file.read_text().strip() if args.token_file else None
+    token = args.token_file.read_text().strip() if args.token_file else (
+        None if args.unix_socket else default_token())
     if args.fifo:
         try:
             frame = request_frame(args.camera, url=args.url, unix_socket=args.unix_socket,
@@ -40,7 +42,7 @@ def _get_image(args: argparse.Namespace, kind: str, token: str | None) -> bytes:
     path = f"/v1/cameras/{args.camera}/snapshot.{ext}?{urlencode(query)}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if args.unix_socket:
-        from framebus.client import UnixHTTPConnection
+        from framebus.apiclient import UnixHTTPConnection
 
         connection: http.client.HTTPConnection = UnixHTTPConnection(args.unix_socket, args.timeout)
     else:

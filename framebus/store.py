@@ -42,6 +42,9 @@ AV_FORMAT = {
 }
 
 
+DEFAULT_QUALITY = 85
+
+
 @dataclass(frozen=True, slots=True)
 class Rendition:
     """A (format, size) a consumer wants. A missing side keeps the aspect ratio; none: native."""
@@ -51,15 +54,29 @@ class Rendition:
     height: int | None = None
     quality: int = 85  # jpeg only
 
+    def __post_init__(self) -> None:
+        if self.format is not PixelFormat.JPEG and self.quality != DEFAULT_QUALITY:
+            # raw frames have no quality: gray at "quality 50" is the same rendition as gray
+            object.__setattr__(self, "quality", DEFAULT_QUALITY)
+
     def size_for(self, native_width: int, native_height: int) -> tuple[int, int]:
-        """The output size for a frame of the given native size."""
+        """The output size for a frame of the given native size: never larger than it (a
+        request cannot make the daemon upscale into gigabytes), the asked aspect kept."""
         if self.width and self.height:
-            return self.width, self.height
-        if self.width:
-            return self.width, max(1, round(native_height * self.width / native_width))
-        if self.height:
-            return max(1, round(native_width * self.height / native_height)), self.height
-        return native_width, native_height
+            width, height = self.width, self.height
+        elif self.width:
+            width, height = self.width, max(1, round(native_height * self.width / native_width))
+        elif self.height:
+            width, height = max(1, round(native_width * self.height / native_height)), self.height
+        else:
+            return native_width, native_height
+        if width > native_width or height > native_height:
+            scale = min(native_width / width, native_height / height)
+            width, height = max(1, int(width * scale)), max(1, int(height * scale))
+        return width, height
+
+
+ON_DEMAND_KEPT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +168,7 @@ class LatestFrameStore:
         self._render_lock = threading.Lock()
         self._listeners: list[Callable[[str], None]] = []
         self.conversions: Counter[tuple[str, Rendition]] = Counter()
+        self.on_demand: Counter[str] = Counter()  # conversions for requests, per camera
         self.published = threading.Condition()
         self.exporter: ShmExporter | None = None  # set when shm subscribers exist
 
@@ -203,12 +221,33 @@ class LatestFrameStore:
             callback(stored.camera)
 
     def payload(self, stored: StoredFrame, rendition: Rendition) -> Payload:
-        """A rendition of a stored frame, converting it now if nobody has yet."""
+        """A rendition of a stored frame, converting it now if nobody has yet.
+
+        One no subscriber wants (a snapshot at some size) is kept on the frame only while the
+        frame holds fewer than ``ON_DEMAND_KEPT`` of them, and counted per camera in
+        ``on_demand``, never per size: requests cannot grow memory or metric labels."""
         found = stored.renditions.get(rendition)
         if found is not None:
             return found
         with self._render_lock:
-            return self._render_into(stored, rendition)
+            if rendition in self._wanted.get(stored.camera, Counter()):
+                return self._render_into(stored, rendition)
+            found = stored.renditions.get(rendition)
+            if found is None:
+                found, converted = render(stored.frame, rendition)
+                self.on_demand[stored.camera] += converted
+                wanted = len(self._wanted.get(stored.camera, ()))
+                if len(stored.renditions) < wanted + ON_DEMAND_KEPT:
+                    stored.renditions[rendition] = found
+            return found
+
+    def is_wanted_rendition(self, camera: str, rendition: Rendition) -> bool:
+        """True if a subscriber already wants this rendition of the camera."""
+        return rendition in self._wanted.get(camera, ())
+
+    def renditions_of(self, camera: str) -> int:
+        """How many distinct renditions subscribers want of a camera."""
+        return len(self._wanted.get(camera, ()))
 
     def _render_into(self, stored: StoredFrame, rendition: Rendition) -> Payload:
         found = stored.renditions.get(rendition)

@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import json
 import os
-import re
+import resource
 import signal
 import subprocess
 import sys
@@ -44,13 +44,19 @@ class DaemonProcess:
 
     def __init__(self, config: Path, env: dict[str, str] | None = None, *,
                  user: str | int | None = None, group: str | int | None = None,
-                 args: Sequence[str] = (), python: str = sys.executable) -> None:
+                 args: Sequence[str] = (), python: str = sys.executable,
+                 nofile: int | None = None) -> None:
         self.config = config
+
+        def limit_fds() -> None:  # as LimitNOFILE=N does: soft and hard
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(
             [python, "-m", "framebus", "run", "-c", str(config), *args],
             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
             user=user, group=group, extra_groups=[] if user is not None else None,
+            preexec_fn=limit_fds if nofile is not None else None,
         )
         self.lines: list[str] = []
         self._thread = threading.Thread(target=self._collect, daemon=True)
@@ -83,16 +89,13 @@ class DaemonProcess:
     def api(self, timeout: float = 30) -> ApiClient:
         """A client for the daemon's HTTP API (waits for the address in the log)."""
         if self._api is None:
-            def address() -> str | None:
-                for line in list(self.lines):
-                    if match := re.search(r"http: listening on (\S+)", line):
-                        return match[1]
-                if not self.alive:
+            def client() -> ApiClient | None:
+                found = ApiClient.from_log(list(self.lines))
+                if found is None and not self.alive:
                     raise AssertionError(f"the daemon exited: {self.lines[-5:]}")
-                return None
-            found = wait_for(address, timeout, "the HTTP address in the log")
-            assert found is not None
-            self._api = ApiClient(found)
+                return found
+            self._api = wait_for(client, timeout, "the HTTP address in the log")
+            assert self._api is not None
         return self._api
 
     def reload(self, timeout: float = 30) -> None:

@@ -141,3 +141,30 @@ def test_the_shipped_example_config_is_valid(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, check=False,
                             env={"CREDENTIALS_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("token", [123456789, 12.5, ["s3cret-list"], {"k": "s3cret-list"}])
+def test_a_bad_token_of_any_type_is_never_echoed(token: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"http": {"token": token}})
+    message = str(info.value)
+    assert message.startswith("config: http.token")
+    for shown in ("123456789", "12.5", "s3cret-list"):
+        assert shown not in message
+
+
+@pytest.mark.parametrize("query", ["password=hunter2", "user=a&pwd=hunter2", "Token=hunter2",
+                                   "api_key=hunter2", "auth=hunter2"])
+def test_credentials_in_the_url_query_are_refused_without_echo(query: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"cameras": {"c": {"url": f"rtsp://h/x?{query}"}}})
+    assert "cameras.c.url: credentials in the URL's query" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_urls_are_shown_with_credential_query_values_redacted() -> None:
+    from framebus.camera import redact_url
+
+    assert redact_url("rtsp://u:p@h:554/x?channel=1&password=hunter2") == (
+        "rtsp://h:554/x?channel=1&password=REDACTED")
+    assert redact_url("rtsp://h/x?subtype=0") == "rtsp://h/x?subtype=0"

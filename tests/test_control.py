@@ -81,13 +81,14 @@ def test_frame_request_through_a_private_fifo(daemon: Daemon) -> None:
     latest = daemon.store.latest("cam")
     assert latest is not None
     frame = request_frame("cam", url=api.url, fifo_dir=daemon.config.fifo_dir, format="rgb24",
-                          width=160, timeout=5)
+                          width=160, timeout=5, token=api.token)
     assert frame.array.shape == (90, 160, 3) and frame.seq >= latest.seq
     assert not [p for p in daemon.config.fifo_dir.iterdir() if p.name.startswith("request-")]
     out = daemon.config.fifo_dir.parent / "shot.png"
     cli = subprocess.run([sys.executable, "-m", "framebus", "snapshot", "cam", "--fifo",
                           "--url", api.url, "--fifo-dir", str(daemon.config.fifo_dir),
-                          "--out", str(out)], capture_output=True, text=True, timeout=60)
+                          "--token-file", str(daemon.token_path), "--out", str(out)],
+                         capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert next(av.open(str(out)).decode(video=0)).width == 640
 
@@ -181,7 +182,8 @@ def test_subscriptions(daemon: Daemon) -> None:
 def test_bad_requests_get_a_4xx_with_a_json_reason(
     daemon: Daemon, method: str, path: str, body: bytes | None, status: int, error: str
 ) -> None:
-    got_status, headers, raw = ApiClient(daemon).request(method, path, body)
+    got_status, headers, raw = ApiClient(daemon).request(
+        method, path, body, {"Content-Type": "application/json"} if body is not None else {})
     assert got_status == status
     assert headers["Content-Type"] == "application/json"
     import json
@@ -268,15 +270,17 @@ def test_promtool_finds_nothing_to_complain_about(daemon: Daemon) -> None:
 def test_bearer_token(server: RtspServer, tmp_path: Path) -> None:
     with running_daemon({"cam": {"url": server.url("cam")}}, {}, tmp_path,
                         http={**HTTP, "token": "t0ken-value"}) as running:
-        assert ApiClient(running).request("GET", "/v1/cameras")[0] == 401
-        assert ApiClient(running, token="wrong").request("GET", "/metrics")[0] == 401
+        assert ApiClient(running, token="").request("GET", "/v1/cameras")[0] == 401
+        assert ApiClient(running, token="wrong").request("GET", "/v1/cameras")[0] == 401
         assert ApiClient(running, token="t0ken-value").request("GET", "/v1/cameras")[0] == 200
+        assert ApiClient(running, token="").request("GET", "/metrics")[0] == 200  # open
 
 
 def test_frame_request_errors_come_back_as_exceptions(daemon: Daemon) -> None:
     api = ApiClient(daemon)
     with pytest.raises(FrameRequestError) as info:
-        request_frame("nope", url=api.url, fifo_dir=daemon.config.fifo_dir, timeout=2)
+        request_frame("nope", url=api.url, fifo_dir=daemon.config.fifo_dir, timeout=2,
+                      token=api.token)
     assert info.value.status == 404 and info.value.error == "unknown_camera"
 
 
@@ -290,8 +294,9 @@ def test_a_frame_request_waits_no_longer_than_its_own_timeout(
     with running_daemon({"dark": {"url": dark_url}}, {}, tmp_path / "fifos",
                         http={**HTTP, "wait_timeout": "30s"}) as running:
         with pytest.raises(FrameRequestError) as info:
-            request_frame("dark", url=ApiClient(running).url, fifo_dir=running.config.fifo_dir,
-                          timeout=1)
+            api = ApiClient(running)
+            request_frame("dark", url=api.url, fifo_dir=running.config.fifo_dir, timeout=1,
+                          token=api.token)
         assert (info.value.status, info.value.error) == (503, "no_frame")
         assert "within 1s" in info.value.detail
         assert not list(running.config.fifo_dir.glob("request-*"))
@@ -300,8 +305,8 @@ def test_a_frame_request_waits_no_longer_than_its_own_timeout(
 
 def test_a_refused_request_body_is_never_run_as_a_second_request(daemon: Daemon) -> None:
     api = ApiClient(daemon)
-    smuggled = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
-    request = (b"POST /v1/nothing HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+    smuggled = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    request = (b"POST /v1/nothing HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
                % len(smuggled)) + smuggled
     with socket.create_connection((api.host, api.port), timeout=5) as conn:
         conn.sendall(request)
@@ -324,7 +329,7 @@ def test_other_methods_get_a_json_405(daemon: Daemon, method: str) -> None:
 def test_unauthorised_answers_name_the_scheme(server: RtspServer, tmp_path: Path) -> None:
     with running_daemon({"cam": {"url": server.url("cam")}}, {}, tmp_path,
                         http={**HTTP, "token": "abc"}) as running:
-        status, headers, _ = ApiClient(running).request("GET", "/v1/cameras")
+        status, headers, _ = ApiClient(running, token="").request("GET", "/v1/cameras")
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
 
 
@@ -341,7 +346,8 @@ def test_an_uncreatable_fifo_disturbs_nobody(server: RtspServer, tmp_path: Path)
         assert reader.finish(30) == 0
         status, body = ApiClient(running).json("POST", "/v1/subscriptions", {
             "name": "dyn", "camera": "cam", "fifo": str(fifo_dir / "plain" / "y.fifo")})
-        assert (status, body["error"]) == (403, "fifo_refused")
+        assert (status, body["error"]) == (400, "bad_request")  # the API makes no directory
+        assert "not an existing directory" in body["detail"]
 
 
 def test_api_modes_are_octal_strings(daemon: Daemon) -> None:

@@ -47,12 +47,10 @@ class DaemonProcess:
         return any(text in line for line in self.lines)
 
     def api(self) -> ApiClient:
-        def address() -> str | None:
-            for line in self.lines:
-                if match := re.search(r"http: listening on (\S+)", line):
-                    return match[1]
-            return None
-        return ApiClient(wait_for(address, 20, "the HTTP address in the log"))
+        client = wait_for(lambda: ApiClient.from_log(self.lines), 20,
+                          "the HTTP address in the log")
+        assert client is not None
+        return client
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -51,7 +51,8 @@ def test_an_unregistered_rendition_converts_on_demand_once(frames: list[av.Video
     jpeg = Rendition(PixelFormat.JPEG, height=120, quality=80)
     first = store.payload(latest, jpeg)
     assert store.payload(latest, jpeg) is first
-    assert store.conversions[("cam", jpeg)] == 1
+    assert store.on_demand["cam"] == 1  # counted per camera, never per requested size
+    assert ("cam", jpeg) not in store.conversions
     assert (first.width, first.height) == (160, 120)
     assert bytes(first.buffers[0][:2]) == b"\xff\xd8"  # a JPEG
 

@@ -1,0 +1,69 @@
+"""Talking to the daemon's HTTP API from a client: where the token comes from, a POST over TCP
+or the Unix socket. Used by framebus.client.request_frame and ``framebus snapshot``."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_TOKEN_FILE = "/run/framebus/api.token"
+
+
+def default_token() -> str | None:
+    """The API token a client uses when given none: ``$FRAMEBUS_TOKEN``, else the file
+    ``$FRAMEBUS_TOKEN_FILE``, else the daemon's generated ``/run/framebus/api.token`` if this
+    user may read it (members of the framebus group may), else None."""
+    token = os.environ.get("FRAMEBUS_TOKEN")
+    if token:
+        return token
+    path = os.environ.get("FRAMEBUS_TOKEN_FILE", DEFAULT_TOKEN_FILE)
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def post_json(url: str, unix_socket: str | None, path: str, body: dict[str, object],
+          token: str | None, timeout: float) -> tuple[int, dict[str, object]]:
+    """POST JSON over TCP or a Unix socket; returns (status, decoded JSON body)."""
+    headers = {"Content-Type": "application/json"}
+    if token is None and unix_socket is None:
+        token = default_token()  # the Unix socket needs none: its permissions decide
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    connection: http.client.HTTPConnection
+    if unix_socket is not None:
+        connection = UnixHTTPConnection(unix_socket, timeout)
+    else:
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1",
+                                                parts.port or 8470, timeout=timeout)
+    try:
+        connection.request("POST", path, json.dumps(body).encode(), headers)
+        response = connection.getresponse()
+        data = response.read()
+    finally:
+        connection.close()
+    try:
+        decoded = json.loads(data or b"{}")
+    except ValueError:
+        decoded = {"error": "bad_response", "detail": data[:200].decode("utf-8", "replace")}
+    return response.status, decoded if isinstance(decoded, dict) else {}
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the daemon's optional control socket)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock

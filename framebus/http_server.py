@@ -1,0 +1,354 @@
+"""An HTTP/1.1 server on asyncio and h11 in which no client can hold the daemon's resources.
+
+Why not http.server, aiohttp or uvicorn: the control plane must bound every phase of a
+request separately (the head, the body, the write, the idle time between requests), refuse a
+request from its head alone without reading its body, and decide what happens at the
+connection cap. h11 (the sans-IO HTTP/1.1 parser of uvicorn, hypercorn and httpx) parses;
+this module only moves bytes and keeps time. It knows nothing of framebus: an ``App`` gets
+each request's head, may answer it at once, and otherwise gets the body too.
+
+Invariants:
+- One event loop thread. A connection costs one socket and one task, never a thread.
+- At most ``limits.max_connections`` connections are open. At the cap, a new connection
+  evicts the oldest *idle* one (connected or kept alive, with no complete request head yet);
+  if every connection is busy, the new one gets an immediate 503 and is closed. A client
+  that sends its request promptly is therefore answered even while idle sockets pile up.
+- Every wait has a deadline: a request head within ``head_timeout`` of the connection (or of
+  the previous response: the keep-alive idle time), its body within ``body_timeout``, each
+  response within ``write_timeout``. Past one, the connection is closed.
+- Memory per connection is bounded: a head by h11's ``max_incomplete_event_size``, a body by
+  ``max_body`` (checked against Content-Length before any byte is read, and while reading;
+  chunked bodies are refused with 411).
+- A request the app answers from its head alone (``App.head``) has its body left unread and
+  its connection closed after the answer: an unread body is never parsed as a next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import h11
+
+log = logging.getLogger("framebus.http")
+
+LINGER_S = 1.0  # how long a refused body may keep arriving before the connection is closed
+_REASONS = {int(status): status.phrase.encode() for status in HTTPStatus}
+
+Headers = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much any one client may take."""
+
+    max_connections: int = 512
+    head_timeout: float = 10.0
+    body_timeout: float = 10.0
+    write_timeout: float = 30.0
+    max_head: int = 16384
+    max_body: int = 65536
+    backlog: int = 1024
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end: ``transport`` is "tcp" or "unix"; ``uid``/``pid`` come from
+    SO_PEERCRED on a Unix socket (None over TCP)."""
+
+    transport: str
+    address: str
+    uid: int | None = None
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request head; header names are lower case."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    peer: Peer
+    http_version: str = "1.1"
+
+    @property
+    def body_length(self) -> int | None:
+        """The declared Content-Length, 0 for none, None for a chunked body."""
+        if "transfer-encoding" in self.headers:
+            return None
+        return int(self.headers.get("content-length", "0"))
+
+
+@dataclass
+class Response:
+    """An answer: status, headers (Content-Length is added) and the whole body."""
+
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+
+
+def error_response(status: int, error: str, detail: str, headers: Headers | None = None
+                   ) -> Response:
+    """A JSON error body ``{"error": ..., "detail": ...}``, the API's one error shape."""
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    return Response(status, [("Content-Type", "application/json"), *(headers or [])], body)
+
+
+class App:
+    """What the server serves. Subclasses override both methods."""
+
+    def head(self, request: Request) -> Response | None:
+        """Called once the head is in, before any body byte is read: an answer refuses the
+        request (its body is never read), None lets it go on to ``__call__``."""
+        return None
+
+    async def __call__(self, request: Request, body: bytes) -> Response:
+        """Answer a request whose head ``head`` accepted."""
+        raise NotImplementedError
+
+
+class _Closed(Exception):
+    """The client went away or broke the protocol: nothing more to send."""
+
+
+@dataclass
+class _Connection:
+    task: asyncio.Task[None]
+    writer: asyncio.StreamWriter
+    idle: bool = True
+    idle_since: float = field(default_factory=time.monotonic)
+
+
+def _canned(status: str, error: str, detail: str) -> bytes:
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+# written straight to the socket at the cap: refusing must cost no task and no parsing
+BUSY = _canned("503 Service Unavailable", "busy",
+               "every connection is busy with a request: try again")
+
+
+class HttpServer:
+    """Serves one ``App`` on TCP and/or Unix sockets, inside the running event loop."""
+
+    def __init__(self, app: App, limits: Limits) -> None:
+        self.app, self.limits = app, limits
+        self.connections: dict[int, _Connection] = {}
+        self.refused = 0  # at the cap with nothing idle to evict
+        self.evicted = 0  # idle connections closed to make room
+        self.timed_out = 0
+        self._ids = itertools.count()
+        self._servers: list[asyncio.Server] = []
+
+    async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on host:port; returns the bound address (port 0 picks one)."""
+        server = await asyncio.start_server(self._accept, host, port,
+                                            backlog=self.limits.backlog, reuse_address=True)
+        self._servers.append(server)
+        address = server.sockets[0].getsockname()
+        return str(address[0]), int(address[1])
+
+    async def listen_unix(self, path: str) -> None:
+        """Listen on a Unix socket at ``path`` (the caller sets its permissions)."""
+        server = await asyncio.start_unix_server(self._accept, path, backlog=self.limits.backlog)
+        self._servers.append(server)
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection."""
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections.values()):
+            connection.task.cancel()
+        for server in self._servers:
+            await server.wait_closed()
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _make_room(self) -> bool:
+        if len(self.connections) < self.limits.max_connections:
+            return True
+        idle = [c for c in self.connections.values() if c.idle]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.idle_since)
+        oldest.task.cancel()
+        oldest.writer.transport.abort()
+        self.evicted += 1
+        return True
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._make_room():
+            self.refused += 1
+            writer.transport.write(BUSY)
+            writer.transport.close()
+            return
+        key = next(self._ids)
+        task = asyncio.current_task()
+        assert task is not None
+        connection = _Connection(task, writer)
+        self.connections[key] = connection
+        try:
+            await self._serve(reader, writer, connection, _peer(writer))
+        except (_Closed, ConnectionError, asyncio.CancelledError):
+            pass
+        except TimeoutError:
+            self.timed_out += 1
+        except Exception:  # a bug must not take the server down, nor leak the socket
+            log.exception("http: connection failed")
+        finally:
+            del self.connections[key]
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     connection: _Connection, peer: Peer) -> None:
+        limits = self.limits
+        h11_connection = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+        while True:
+            connection.idle, connection.idle_since = True, time.monotonic()
+            try:
+                async with asyncio.timeout(limits.head_timeout):
+                    event = await _next_event(h11_connection, reader)
+            except h11.RemoteProtocolError as exc:
+                await self._send(writer, h11_connection, _protocol_error(exc))
+                return
+            if not isinstance(event, h11.Request):  # the client closed between requests
+                return
+            connection.idle = False
+            request = _request(event, peer)
+            response, keep_alive = await self._respond(request, h11_connection, reader)
+            if not keep_alive:
+                response.headers.append(("Connection", "close"))
+            await self._send(writer, h11_connection, response, request.method == "HEAD")
+            if h11_connection.their_state is h11.SEND_BODY:
+                await self._linger(reader, writer)  # a refused body: let the answer arrive
+                return
+            if not keep_alive or (h11_connection.our_state, h11_connection.their_state) != (
+                    h11.DONE, h11.DONE):
+                return
+            h11_connection.start_next_cycle()
+
+    async def _respond(self, request: Request, connection: h11.Connection,
+                       reader: asyncio.StreamReader) -> tuple[Response, bool]:
+        """The answer and whether the connection may stay open."""
+        refusal = self.app.head(request)
+        if refusal is not None:
+            return refusal, request.body_length == 0
+        length = request.body_length
+        if length is None:
+            return error_response(411, "length_required", "send a Content-Length (chunked "
+                                  "bodies are not accepted)"), False
+        if length > self.limits.max_body:
+            return error_response(413, "body_too_large",
+                                  f"request body over {self.limits.max_body} bytes"), False
+        try:
+            async with asyncio.timeout(self.limits.body_timeout):
+                body = await _read_body(connection, reader, self.limits.max_body)
+        except h11.RemoteProtocolError as exc:
+            return _protocol_error(exc), False
+        except TimeoutError:
+            self.timed_out += 1
+            return error_response(408, "timeout", "request body not received in "
+                                  f"{self.limits.body_timeout:g}s"), False
+        if body is None:
+            return error_response(413, "body_too_large",
+                                  f"request body over {self.limits.max_body} bytes"), False
+        return await self.app(request, body), True
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Closing with unread bytes in the socket makes the kernel send a RST, which can
+        destroy the answer before the client reads it: half-close, then read and discard
+        what is still coming for a bounded time and amount, as HTTP/1.1 section 9.6 asks."""
+        writer.write_eof()
+        budget = 4 * self.limits.max_body
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(LINGER_S):
+                while budget > 0 and (chunk := await reader.read(65536)):
+                    budget -= len(chunk)
+
+    async def _send(self, writer: asyncio.StreamWriter, connection: h11.Connection,
+                    response: Response, head: bool = False) -> None:
+        if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            raise _Closed()
+        headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+        reason = _REASONS.get(response.status, b"")
+        try:
+            data = connection.send(h11.Response(status_code=response.status, headers=headers,
+                                                reason=reason))
+            if response.body and not head:  # a HEAD answer announces the length, sends none
+                data = (data or b"") + (connection.send(h11.Data(data=response.body)) or b"")
+            data = (data or b"") + (connection.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError as exc:  # e.g. a body on a HEAD answer
+            log.debug("http: cannot send: %s", exc)
+            raise _Closed() from None
+        writer.write(data)
+        async with asyncio.timeout(self.limits.write_timeout):
+            await writer.drain()
+
+
+async def _next_event(connection: h11.Connection, reader: asyncio.StreamReader) -> object:
+    while True:
+        event = connection.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = await reader.read(65536)
+        if not data and connection.their_state is h11.IDLE:
+            return h11.ConnectionClosed()
+        connection.receive_data(data)
+
+
+async def _read_body(connection: h11.Connection, reader: asyncio.StreamReader,
+                     limit: int) -> bytes | None:
+    """The whole body, or None once it grows past ``limit`` (reading stops there)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = await _next_event(connection, reader)
+        if isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > limit:
+                return None
+            chunks.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            return b"".join(chunks)
+        else:  # ConnectionClosed mid-body
+            raise _Closed()
+
+
+def _request(event: h11.Request, peer: Peer) -> Request:
+    headers: dict[str, str] = {}
+    for name, value in event.headers:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return Request(event.method.decode("ascii", "replace"),
+                   event.target.decode("latin-1"), headers, peer,
+                   event.http_version.decode("ascii", "replace"))
+
+
+def _protocol_error(exc: h11.RemoteProtocolError) -> Response:
+    status = exc.error_status_hint
+    phrase = {413: "head_too_large", 431: "head_too_large"}.get(status, "bad_request")
+    return error_response(status, phrase, f"malformed request: {exc}")
+
+
+def _peer(writer: asyncio.StreamWriter) -> Peer:
+    sock: socket.socket | None = writer.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        return Peer("unix", "unix", uid=uid, pid=pid)
+    address = writer.get_extra_info("peername")
+    return Peer("tcp", f"{address[0]}:{address[1]}" if address else "?")
+
