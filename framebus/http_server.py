@@ -33,6 +33,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -40,6 +41,7 @@ import h11
 
 log = logging.getLogger("framebus.http")
 
+ACCEPT_BATCH = 16  # connections accepted per event loop turn (see HttpServer._deepen)
 LINGER_S = 1.0  # how long a refused body may keep arriving before the connection is closed
 _REASONS = {int(status): status.phrase.encode() for status in HTTPStatus}
 
@@ -154,16 +156,28 @@ class HttpServer:
 
     async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
         """Listen on host:port; returns the bound address (port 0 picks one)."""
-        server = await asyncio.start_server(self._accept, host, port,
-                                            backlog=self.limits.backlog, reuse_address=True)
-        self._servers.append(server)
-        address = server.sockets[0].getsockname()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=self.limits.backlog)
+        await self._serve_on(sock, asyncio.start_server(self._accept, sock=sock,
+                                                        backlog=ACCEPT_BATCH))
+        address = sock.getsockname()
         return str(address[0]), int(address[1])
 
     async def listen_unix(self, path: str) -> None:
         """Listen on a Unix socket at ``path`` (the caller sets its permissions)."""
-        server = await asyncio.start_unix_server(self._accept, path, backlog=self.limits.backlog)
-        self._servers.append(server)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        await self._serve_on(sock, asyncio.start_unix_server(self._accept, sock=sock,
+                                                             backlog=ACCEPT_BATCH))
+
+    async def _serve_on(self, sock: socket.socket,
+                        starting: Coroutine[None, None, asyncio.Server]) -> None:
+        # asyncio uses its backlog both for listen() and as how many connections it accepts
+        # in one go, before any of them reaches _accept and the cap: a burst of 1,024 would
+        # hold 1,024 fds at once. So it accepts ACCEPT_BATCH at a time, while the kernel
+        # queues up to limits.backlog (listen() again only changes the queue's length).
+        self._servers.append(await starting)
+        sock.listen(self.limits.backlog)
 
     async def close(self) -> None:
         """Stop listening and drop every connection."""
@@ -179,10 +193,11 @@ class HttpServer:
     def _make_room(self) -> bool:
         if len(self.connections) < self.limits.max_connections:
             return True
-        idle = [c for c in self.connections.values() if c.idle]
+        idle = [(c.idle_since, key) for key, c in self.connections.items() if c.idle]
         if not idle:
             return False
-        oldest = min(idle, key=lambda c: c.idle_since)
+        _, key = min(idle)
+        oldest = self.connections.pop(key)  # at once: its task ends later, its slot is free now
         oldest.task.cancel()
         oldest.writer.transport.abort()
         self.evicted += 1
@@ -208,7 +223,7 @@ class HttpServer:
         except Exception:  # a bug must not take the server down, nor leak the socket
             log.exception("http: connection failed")
         finally:
-            del self.connections[key]
+            self.connections.pop(key, None)  # gone already if it was evicted
             writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

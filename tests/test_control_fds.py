@@ -10,6 +10,7 @@ import resource
 import select
 import socket
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from waiting import wait_for
 
 FD_LIMIT = 1024
 IDLE = 1000
+EVICTED = '{reason="evicted_idle"}'
 
 
 @pytest.fixture
@@ -67,10 +69,22 @@ def test_idle_connections_neither_exhaust_fds_nor_starve_a_request(
         api = daemon.api()
         reader = CheckedReader(tmp_path / "fifos" / "watcher.fifo", max_seconds=120)
         reader.wait_frames(5)
+        peak = [daemon.fds()]
+        sampling = threading.Event()
+
+        def sample() -> None:  # the daemon's fds while the flood comes in
+            while not sampling.wait(0.005):
+                peak.append(daemon.fds())
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         for _ in range(IDLE):  # connected, never a byte sent: held until the head timeout
             idle.append(socket.create_connection((api.host, api.port), timeout=10))
-        wait_for(lambda: metric(api, "framebus_http_connections_closed_total",
-                                '{reason="evicted_idle"}') > 0, 30, "idle connections evicted")
+        wait_for(lambda: metric(api, "framebus_http_connections_closed_total", EVICTED) > 0,
+                 30, "idle connections evicted")
+        sampling.set()
+        sampler.join(10)
+        # connections never take the fds that cameras, FIFOs and shm segments need
+        assert max(peak) < FD_LIMIT - 128, max(peak)
         answered = []
         for _ in range(7):
             began = time.monotonic()
@@ -79,7 +93,13 @@ def test_idle_connections_neither_exhaust_fds_nor_starve_a_request(
             assert status == 200
         # the median, not each: a loaded 2-core runner may stall any single request
         assert statistics.median(answered) < 0.1, answered
-        assert daemon.fds() < FD_LIMIT
+        fds = daemon.fds()
+        assert fds < FD_LIMIT
+        evicted = metric(api, "framebus_http_connections_closed_total", EVICTED)
+        print(f"\n[control] {IDLE} idle connections held, LimitNOFILE={FD_LIMIT}: daemon fds "
+              f"{fds} (peak {max(peak)}), evicted {evicted:.0f}, "
+              f"GET /v1/cameras median {statistics.median(answered) * 1000:.1f} ms, "
+              f"max {max(answered) * 1000:.1f} ms")
         reader.wait_more(10)  # the camera and the FIFO kept working
         name = "late"
         status, body = api.json("POST", "/v1/subscriptions",
@@ -145,6 +165,42 @@ def test_a_burst_of_300_connects_gets_300_answers_and_no_reset(
         assert resets == 0
         assert not pending, f"{len(pending)} connections unanswered in 60 s"
         assert sum(a.startswith(b"HTTP/1.1 200 ") for a in answers.values()) == 300
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_oversized_requests_cost_no_memory(server: RtspServer, tmp_path: Path) -> None:
+    """What grew RSS by ~800 MB before: 4 concurrent 8192x8192 snapshots, and a subscription
+    at width 16384 that nobody reads. Outputs are capped at the camera's native size."""
+    daemon = start(server, tmp_path)
+    try:
+        api = daemon.api()
+        wait_for(lambda: api.json("GET", "/v1/cameras/cam")[1]["state"] == "streaming", 30,
+                 "the camera to stream")
+        before = daemon.rss_bytes()
+        status, body = api.json("POST", "/v1/subscriptions", {"name": "huge", "camera": "cam",
+                                                             "width": 16384})
+        assert status == 201, body
+        errors: list[object] = []
+
+        def hammer() -> None:
+            for _ in range(10):
+                status, _, _ = api.request("GET", "/v1/cameras/cam/snapshot.jpg"
+                                                  "?width=8192&height=8192")
+                if status not in (200, 503):  # 503 busy: the worker pool is full
+                    errors.append(status)
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        growth = daemon.rss_bytes() - before
+        fps = api.json("GET", "/v1/cameras/cam")[1]["fps"]
+        print(f"\n[control] 40 snapshots at 8192x8192 + a width-16384 subscription: RSS "
+              f"+{growth / 1e6:.1f} MB, camera at {fps} fps")
+        assert growth < 64e6  # the same frames at native size: a few MB of buffers
+        assert fps > 15  # a 25 fps camera: the request did not slow it for everyone
     finally:
         assert daemon.stop() == 0
 
