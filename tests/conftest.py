@@ -10,6 +10,7 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from matrixkit import matrix, matrix_rig  # noqa: E402  (fixtures, re-exported)
+from openapikit import live  # noqa: E402  (a fixture, re-exported)
 from rtspserver import rtsp_server_factory  # noqa: E402  (a fixture, re-exported)
 
-__all__ = ["matrix", "matrix_rig", "rtsp_server_factory"]
+__all__ = ["live", "matrix", "matrix_rig", "rtsp_server_factory"]
