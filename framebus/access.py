@@ -106,6 +106,7 @@ def origin_allowed(origin: str, host: str, allowed: frozenset[str]) -> bool:
         return False  # "null" (sandboxed frames, file: pages) included
     default = 443 if parts.scheme == "https" else 80
     ours = _host_port(parts.netloc, default)
-    if ours is not None and ours == _host_port(host, 80):
+    # a Host without a port means the scheme's default (e.g. https behind a TLS proxy)
+    if ours is not None and ours == _host_port(host, default):
         return True
     return ours is not None and ours[0] in allowed

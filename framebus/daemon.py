@@ -8,12 +8,14 @@ reload are the same operation.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import resource
 import signal
 import socket
+import stat
 import threading
 from collections import deque
 from pathlib import Path
@@ -116,6 +118,7 @@ class Daemon:
         self.token_path: Path | None = None  # where a generated API token was written
         self._lock_fd: int | None = None
         self._specs: dict[str, SubscriberSpec] = {}
+        self._made_fifos: set[Path] = set()  # every subscriber FIFO path, removed ones too
         self._lock = threading.Lock()  # reconcile runs from the main and the HTTP threads
 
     def start(self) -> None:
@@ -145,12 +148,16 @@ class Daemon:
         return sub.fifo or self.config.fifo_dir / f"{name}.fifo"
 
     def fifos_in_use(self) -> set[tuple[int, int]]:
-        """(st_dev, st_ino) of every subscriber's FIFO that exists now."""
+        """(st_dev, st_ino) of every FIFO that exists now at a path the daemon made (or took)
+        for a subscriber, current or removed: a frame request may write into none of them."""
         keys = set()
-        for spec in list(self._specs.values()):
+        current = {spec.path for spec in list(self._specs.values())}
+        for path in [*current, *self._made_fifos]:
             try:
-                info = os.stat(spec.path)
+                info = os.stat(path)
             except OSError:
+                if path not in current:
+                    self._made_fifos.discard(path)  # gone: nothing left to protect
                 continue
             keys.add((info.st_dev, info.st_ino))
         return keys
@@ -168,15 +175,21 @@ class Daemon:
                 return False
             self.fanout.add(spec)
             self._specs[name] = spec
+            self._made_fifos.add(spec.path)
             self.dynamic[name] = sub
         return True
 
     def remove_dynamic(self, name: str) -> None:
-        """Forget a run-time subscription."""
+        """Forget a run-time subscription and remove the FIFO made for it (a reader still
+        holding it open gets EOF once the loop closes its end)."""
         with self._lock:
             self.dynamic.pop(name, None)
-            if self._specs.pop(name, None) is not None:
+            spec = self._specs.pop(name, None)
+            if spec is not None:
                 self.fanout.remove(name)
+                with contextlib.suppress(OSError):
+                    if stat.S_ISFIFO(os.lstat(spec.path).st_mode):
+                        spec.path.unlink()
 
     def _spec(self, config: Config, name: str, sub: SubscriberConfig) -> SubscriberSpec:
         rendition = Rendition(PixelFormat.from_name(sub.format), sub.width, sub.height,
@@ -229,6 +242,7 @@ class Daemon:
                 continue
             self.subscriber_errors.pop(name, None)
             self._specs[name] = spec
+            self._made_fifos.add(spec.path)
         self.config, self.passwords = config, passwords
 
     def stop(self) -> None:

@@ -167,6 +167,7 @@ def test_subscriptions(daemon: Daemon) -> None:
     assert api.json("DELETE", "/v1/subscriptions/configured")[0] == 409
     assert api.json("DELETE", "/v1/subscriptions/dyn") == (200, {"deleted": "dyn"})
     assert api.json("GET", "/v1/subscriptions/dyn")[0] == 404
+    assert not Path(created["fifo"]).exists()  # the daemon made it, the daemon removes it
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "error"), [

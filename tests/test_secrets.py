@@ -138,10 +138,11 @@ def test_passwords_never_leak_through_faults(tmp_path: Path) -> None:
                 texts[f"GET /v1/subscriptions/{name['name']}"] = api.request(
                     "GET", f"/v1/subscriptions/{name['name']}")[2]
             frame = request_frame("cam1", url=api.url, fifo_dir=the_rig.fifo_dir,
-                                  format="gray", timeout=5)
+                                  format="gray", timeout=5, token=api.token)
             assert frame.camera == "cam1"
             with pytest.raises(FrameRequestError) as refused:  # longer than wait_timeout (5 s)
-                request_frame("wrong", url=api.url, fifo_dir=the_rig.fifo_dir, timeout=8)
+                request_frame("wrong", url=api.url, fifo_dir=the_rig.fifo_dir, timeout=8,
+                              token=api.token)
             texts["request_frame(wrong) exception"] = str(refused.value).encode()
             texts.update(all_cmdlines())  # while everything runs
             for reader in readers:

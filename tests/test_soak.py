@@ -139,7 +139,8 @@ class Soak:
         assert status == 200 and body[:2] == b"\xff\xd8", (status, body[:200])
         self.snapshots += 1
         frame = request_frame(CAMERAS[(step + 3) % len(CAMERAS)], url=self.api.url,
-                              fifo_dir=self.fifo_dir, format="gray", timeout=5)
+                              fifo_dir=self.fifo_dir, format="gray", timeout=5,
+                              token=self.api.token)
         assert frame.array.shape == (240, 320)
         self.requests += 1
 
