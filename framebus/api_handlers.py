@@ -113,11 +113,12 @@ class Handlers:
 
     def health(self, _query: dict[str, str]) -> Reply:
         """GET /healthz (open, no token): is the daemon up, are its cameras streaming."""
-        states = {n: c.state.value for n, c in list(self.daemon.cameras.cameras.items())}
-        streaming = sum(state == CameraState.STREAMING.value for state in states.values())
-        # 200 while the daemon serves (liveness); "degraded" says a camera is not streaming
-        return json_reply({"status": "ok" if streaming == len(states) else "degraded",
-                           "cameras": len(states), "streaming": streaming})
+        cameras = list(self.daemon.cameras.cameras.items())
+        down = {name: camera.state.value for name, camera in cameras
+                if camera.state is not CameraState.STREAMING}
+        # 200 while the daemon serves (a liveness probe); "degraded" names who is not streaming
+        return json_reply({"status": "degraded" if down else "ok", "cameras": len(cameras),
+                           "streaming": len(cameras) - len(down), "not_streaming": down})
 
     # -- cameras -----------------------------------------------------------------------------
 

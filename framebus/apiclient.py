@@ -1,5 +1,5 @@
-"""Talking to the daemon's HTTP API from a client: where the token comes from, a POST over TCP
-or the Unix socket. Used by framebus.client.request_frame and ``framebus snapshot``."""
+"""Talking to the daemon's HTTP API from a client: where the token comes from, a JSON request
+over TCP or the Unix socket. Used by framebus.client.request_frame and the CLI."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from framebus.errors import FramebusError
 
 DEFAULT_TOKEN_FILE = "/run/framebus/api.token"
 
@@ -27,25 +29,37 @@ def default_token() -> str | None:
         return None
 
 
-def post_json(url: str, unix_socket: str | None, path: str, body: dict[str, object],
-          token: str | None, timeout: float) -> tuple[int, dict[str, object]]:
-    """POST JSON over TCP or a Unix socket; returns (status, decoded JSON body)."""
-    headers = {"Content-Type": "application/json"}
+class DaemonUnreachable(FramebusError):
+    """No daemon answers at the URL or socket (the message names it and what to check)."""
+
+
+def request_json(method: str, url: str, unix_socket: str | None, path: str,
+                 body: dict[str, object] | None, token: str | None, timeout: float
+                 ) -> tuple[int, dict[str, object]]:
+    """One JSON request over TCP or a Unix socket; returns (status, decoded JSON body).
+    Without ``token``, over TCP, uses ``default_token()`` (the socket needs none)."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
     if token is None and unix_socket is None:
-        token = default_token()  # the Unix socket needs none: its permissions decide
+        token = default_token()
     if token:
         headers["Authorization"] = f"Bearer {token}"
     connection: http.client.HTTPConnection
     if unix_socket is not None:
-        connection = UnixHTTPConnection(unix_socket, timeout)
+        connection, where = UnixHTTPConnection(unix_socket, timeout), f"unix socket {unix_socket}"
     else:
         parts = urlsplit(url)
         connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1",
                                                 parts.port or 8470, timeout=timeout)
+        where = url
     try:
-        connection.request("POST", path, json.dumps(body).encode(), headers)
+        connection.request(method, path, None if body is None else json.dumps(body).encode(),
+                           headers)
         response = connection.getresponse()
         data = response.read()
+    except (ConnectionError, FileNotFoundError, socket.gaierror) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DaemonUnreachable(f"cannot reach the framebus daemon at {where}: {reason} (is it "
+                                "running? see http.listen / http.unix_socket)") from None
     finally:
         connection.close()
     try:
@@ -53,6 +67,12 @@ def post_json(url: str, unix_socket: str | None, path: str, body: dict[str, obje
     except ValueError:
         decoded = {"error": "bad_response", "detail": data[:200].decode("utf-8", "replace")}
     return response.status, decoded if isinstance(decoded, dict) else {}
+
+
+def post_json(url: str, unix_socket: str | None, path: str, body: dict[str, object],
+              token: str | None, timeout: float) -> tuple[int, dict[str, object]]:
+    """POST JSON (see ``request_json``)."""
+    return request_json("POST", url, unix_socket, path, body, token, timeout)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--token-file", type=Path)
     snap.add_argument("--timeout", type=float, default=5.0)
 
+    stat = sub.add_parser("status", help="cameras and subscribers at a glance (exit 3: degraded)")
+    stat.add_argument("--url", default="http://127.0.0.1:8470")
+    stat.add_argument("--unix-socket")
+    stat.add_argument("--token-file", type=Path,
+                      help="default: $FRAMEBUS_TOKEN, $FRAMEBUS_TOKEN_FILE, "
+                      "/run/framebus/api.token")
+    stat.add_argument("--json", action="store_true", help="the API's answers as JSON")
+    stat.add_argument("--timeout", type=_positive_float, default=5.0)
+
     watch = sub.add_parser("watch", help="show fps, size, latency and misses of FIFOs")
     watch.add_argument("fifo", type=Path, nargs="+", help="one or more subscriber FIFOs")
     watch.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -121,6 +130,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from framebus.snapshot import snapshot
 
         return snapshot(args)
+    if args.command == "status":
+        from framebus.status import status
+
+        return status(args, sys.stdout)
     if args.command == "watch":
         from framebus.watch import watch
 

@@ -28,11 +28,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +201,29 @@ def _header(server: RtspServer, daemon: subprocess.Popen[bytes], config_path: Pa
     return "\n".join(lines) + "\n"
 
 
+def _control_address(log_path: Path, daemon: subprocess.Popen[bytes],
+                     wait_s: float = 10.0) -> str | None:
+    """The daemon's HTTP address, from its "http: listening on ..." log line (its port is
+    random: the demo must not clash with a framebus service on 8470)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and daemon.poll() is None:
+        with contextlib.suppress(OSError):
+            if match := re.search(r"http: listening on (\S+)", log_path.read_text()):
+                return match[1]
+        time.sleep(0.05)
+    return None
+
+
+def _control_lines(address: str | None, fifo_dir: Path) -> str:
+    if address is None:
+        return "  control API        not up yet (see the daemon log)\n"
+    token = fifo_dir / "api.token"
+    return (f"  control API        http://{address}  (open: /healthz, /metrics; the rest needs "
+            f"the token in {token})\n"
+            f"    framebus status --url http://{address} --token-file {token}\n"
+            f"    curl -H \"Authorization: Bearer $(cat {token})\" http://{address}/v1/cameras\n")
+
+
 class _Started:
     """What the demo has started so far, for the clean-up."""
 
@@ -272,6 +297,7 @@ def _run(signals: _Signals, started: _Started, workdir: Path, log_path: Path,
     started.daemon = daemon
     fifos = {sub.name: fifo_dir / f"{sub.name}.fifo" for sub in DEMO_SUBSCRIBERS}
     print(_header(server, daemon, config_path, log_path, fifos, duration), file=out, flush=True)
+    print(_control_lines(_control_address(log_path, daemon), fifo_dir), file=out, flush=True)
 
     def something_died() -> bool:
         return daemon.poll() is not None or not server.running

@@ -162,6 +162,9 @@ def camera_lines(output: str) -> dict[str, list[re.Match[str]]]:
     return found
 
 
+STATUS_LINE = re.compile(r"^\s+framebus status --url (\S+) --token-file (\S+)$")
+
+
 def workdir_of(output: str) -> Path:
     """The demo's temporary directory, from the config path in its header."""
     match = re.search(r"config (\S+)/framebus\.yaml", output)
@@ -172,6 +175,16 @@ def workdir_of(output: str) -> Path:
 def test_demo_runs_both_cameras_and_stops_by_itself_without_strays() -> None:
     demo = DemoRun("--duration", "8")
     try:
+        # the printed `framebus status` line works as printed, while the demo runs
+        line = demo.wait_for_line(STATUS_LINE, STARTUP_TIMEOUT)
+        match = STATUS_LINE.match(line)
+        assert match, line
+        shown = subprocess.run([sys.executable, "-m", "framebus", "status", "--url", match[1],
+                                "--token-file", match[2]], capture_output=True, text=True,
+                               timeout=30)
+        assert shown.returncode in (0, 3), shown.stderr  # 3: a camera still connecting
+        assert {"lobby", "yard"} <= {row.split()[0] for row in shown.stdout.splitlines()
+                                     if row.strip()}
         status = demo.wait(STARTUP_TIMEOUT + 30)
         output = demo.output()
         assert status == 0, (output, "".join(demo.stderr))

@@ -1,0 +1,77 @@
+"""``framebus status`` and /healthz against a running daemon with one streaming and one dark
+camera: the table, --json, exit codes, and errors that name the URL and what to do."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from apikit import ApiClient
+from fanoutkit import running_daemon
+from rtspserver import Mount, RtspServer, RtspServerFactory
+from waiting import wait_for
+
+from framebus.daemon import Daemon
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def daemon(rtsp_server_factory: RtspServerFactory, tmp_path: Path) -> Iterator[Daemon]:
+    server: RtspServer = rtsp_server_factory([Mount("cam", width=320, height=240)])
+    dark = f"rtsp://127.0.0.1:{free_port()}/nothing"  # nobody listens there
+    with running_daemon({"cam": {"url": server.url("cam"), "idle_decode": "all"},
+                         "dark": {"url": dark}},
+                        {"sub": {"camera": "cam", "format": "gray"}}, tmp_path / "fifos",
+                        http={"listen": "127.0.0.1:0"}) as running:
+        wait_for(lambda: running.store.latest("cam") is not None, 20, "a first frame")
+        yield running
+
+
+def framebus(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "framebus", *args], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+
+
+def test_status_shows_cameras_and_subscribers_and_exits_3_when_degraded(daemon: Daemon) -> None:
+    api = ApiClient(daemon)
+    token = str(daemon.token_path)
+    shown = framebus("status", "--url", api.url, "--token-file", token)
+    assert shown.returncode == 3, shown.stderr  # "dark" is not streaming
+    lines = shown.stdout.splitlines()
+    assert lines[0].split()[:3] == ["CAMERA", "STATE", "FPS"]
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line.strip()}
+    assert rows["cam"][1] == "streaming" and rows["cam"][3] == "320x240"
+    assert rows["dark"][1] in ("connecting", "backoff")
+    assert rows["sub"][1:4] == ["cam", "fifo", "gray"]
+    as_json = framebus("status", "--url", api.url, "--token-file", token, "--json")
+    data = json.loads(as_json.stdout)
+    assert [c["name"] for c in data["cameras"]] == ["cam", "dark"]
+    assert [s["name"] for s in data["subscriptions"]] == ["sub"]
+
+
+def test_status_errors_name_the_url_and_what_to_do(daemon: Daemon, tmp_path: Path) -> None:
+    api = ApiClient(daemon)
+    refused = framebus("status", "--url", api.url)  # no token anywhere
+    assert refused.returncode == 1
+    assert "HTTP 401" in refused.stderr and "--token-file" in refused.stderr
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    down = framebus("status", "--url", nowhere)
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert f"cannot reach the framebus daemon at {nowhere}" in down.stderr
+
+
+def test_healthz_names_the_cameras_that_do_not_stream(daemon: Daemon) -> None:
+    status, body = ApiClient(daemon, token="").json("GET", "/healthz")  # open: no token
+    assert status == 200
+    assert body["status"] == "degraded" and body["cameras"] == 2 and body["streaming"] == 1
+    assert set(body["not_streaming"]) == {"dark"}
