@@ -1,4 +1,4 @@
-"""Command-line interface: ``framebus <command>``.
+"""framebus: decode each camera once, fan frames out to local consumers over FIFOs.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration, 130 interrupted.
 Errors print one line to stderr, never a traceback.
@@ -39,7 +39,9 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="framebus", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="framebus", description=__doc__.splitlines()[0].removeprefix("framebus: "),
+        epilog="framebus COMMAND --help shows a command's options; docs: README.md")
     parser.add_argument("--version", action="version", version=f"framebus {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -120,10 +122,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         setup_logging(args.log_level)
         return run(config, passwords, args.config)
     if args.command == "check-config":
-        from framebus.config import load_config, resolve_passwords
+        from framebus.config import check_passwords, load_config
 
         config = load_config(args.config)
-        resolve_passwords(config)
+        for warning in check_passwords(config):
+            print(f"framebus: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: ok ({len(config.cameras)} cameras)")
         return EXIT_OK
     if args.command == "snapshot":

@@ -333,6 +333,27 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(data, str(path))
 
 
+def check_passwords(config: Config, environ: dict[str, str] | None = None) -> list[str]:
+    """For ``framebus check-config``: resolve every password that can be resolved here and
+    return warnings for those that can only be checked where the service runs (a systemd
+    credential without $CREDENTIALS_DIRECTORY, an unset environment variable); a file that
+    cannot be read is still an error (ConfigError)."""
+    env = os.environ if environ is None else environ
+    warnings = []
+    for name, camera in config.cameras.items():
+        where = f"cameras.{name}"
+        if camera.password_credential is not None and not env.get("CREDENTIALS_DIRECTORY"):
+            warnings.append(f"{where}.password_credential: not checked: $CREDENTIALS_DIRECTORY "
+                            "is not set here (systemd sets it from LoadCredential=; set it to a "
+                            "directory holding the files to check them)")
+        elif camera.password_env is not None and camera.password_env not in env:
+            warnings.append(f"{where}.password_env: not checked: {camera.password_env} is not "
+                            "set here (it must be in the service's environment)")
+        else:
+            resolve_password(camera, name)
+    return warnings
+
+
 def resolve_passwords(config: Config) -> dict[str, SecretStr | None]:
     """Every camera's password, read once at load (and reload) time."""
     return {name: resolve_password(camera, name) for name, camera in config.cameras.items()}

@@ -117,6 +117,7 @@ class Daemon:
         self.control: ControlPlane | None = None
         self.token_path: Path | None = None  # where a generated API token was written
         self._lock_fd: int | None = None
+        self._stopped = False
         self._specs: dict[str, SubscriberSpec] = {}
         self._made_fifos: set[Path] = set()  # every subscriber FIFO path, removed ones too
         self._lock = threading.Lock()  # reconcile runs from the main and the HTTP threads
@@ -124,6 +125,13 @@ class Daemon:
     def start(self) -> None:
         """Lock fifo_dir, start the fan-out loop, reconcile with the config, then serve HTTP."""
         self._lock_fd = lock_fifo_dir(self.config.fifo_dir)  # before touching anything there
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # a failed start leaves nothing behind: no thread, FIFO writer, lock
+            raise
+
+    def _start(self) -> None:
         fd_limit = raise_fd_limit()
         directories = [self.config.fifo_dir, *(self.config.fifo_path(n).parent
                                                for n in self.config.subscribers)]
@@ -131,6 +139,9 @@ class Daemon:
             log.warning("removed stale shm segment %s", path)
         self.fanout.start()
         self.reconcile(self.config, self.passwords)
+        if self.subscriber_errors:  # at start a bad FIFO is a configuration error (exit 2);
+            name, error = sorted(self.subscriber_errors.items())[0]  # at reload it is logged
+            raise ConfigError(f"subscribers.{name}.fifo: {error}")
         if self.config.http.enabled:
             from framebus.control import ControlPlane
 
@@ -246,7 +257,11 @@ class Daemon:
         self.config, self.passwords = config, passwords
 
     def stop(self) -> None:
-        """Stop HTTP and cameras first (no new frames), then let the fan-out finish messages."""
+        """Stop HTTP and cameras first (no new frames), then let the fan-out finish messages.
+        Idempotent: a failed start has stopped already."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.control is not None:
             self.control.stop()
         self.cameras.close()
@@ -331,7 +346,7 @@ def run(config: Config, passwords: dict[str, SecretStr | None] | None = None,
     except (OSError, FramebusError) as exc:  # the HTTP address is taken, another daemon runs
         log.error("cannot start: %s", exc)
         daemon.stop()
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1  # 2: restarting cannot fix it
     log.info("framebus running: %d cameras, %d subscribers (pid %d)", len(config.cameras),
              len(config.subscribers), os.getpid())
     notifier.ready(daemon.status_line())

@@ -167,7 +167,10 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, bo
         return proc.returncode, False
     proc.terminate()
     try:
-        return proc.wait(timeout=timeout), False
+        code = proc.wait(timeout=timeout)
+        # stopped before it had installed its handlers (the demo ended while it started):
+        # SIGTERM's default action is exactly the stop we asked for
+        return (0 if code == -signal.SIGTERM else code), False
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(timeout=timeout), True
@@ -248,14 +251,31 @@ def run_demo(duration: float | None, keep: bool, out: TextIO) -> int:
             status = _run(signals, started, workdir, log_path, duration, out)
         except (KeyboardInterrupt, _Interrupted):
             status = 0
+        except BrokenPipeError:  # `framebus demo | head`: the reader has seen enough
+            status = 0
+            out = _silenced(out)
         finally:
             signals.armed = False  # from here on, signals are recorded and ignored
-            status = _cleanup(started, log_path, status, out)
-            if keep:
-                print(f"kept {workdir} (config, FIFOs, daemon.log)", file=out, flush=True)
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                status = _cleanup(started, log_path, status, out)
+                if keep:
+                    print(f"kept {workdir} (config, FIFOs, daemon.log)", file=out, flush=True)
+            except BrokenPipeError:
+                _silenced(out)
+            finally:
+                if not keep:
+                    shutil.rmtree(workdir, ignore_errors=True)
     return status
+
+
+def _silenced(out: TextIO) -> TextIO:
+    """After the reader of our output left: send the rest (and the interpreter's final flush
+    of stdout) to /dev/null instead of failing on every line."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, out.fileno())
+    os.close(devnull)
+    return out
 
 
 def _cleanup(started: _Started, log_path: Path, status: int, out: TextIO) -> int:

@@ -45,8 +45,10 @@ def ensure_fifo(path: Path, mode: int = 0o660, group: str | None = None) -> bool
             gid = -1 if group is None else grp.getgrnam(group).gr_gid
         except (KeyError, ValueError):
             raise FifoError(f"{path}: group {group!r} does not exist") from None
+        if not path.parent.is_dir():  # a typo must not quietly become a new directory tree
+            raise FifoError(f"{path}: cannot create the FIFO: directory {path.parent} does not "
+                            "exist (framebus makes only fifo_dir itself)") from None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             os.mkfifo(path, mode)
             try:
                 os.chmod(path, mode)  # mkfifo's mode is filtered by the umask

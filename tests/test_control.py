@@ -21,7 +21,9 @@ from rtspserver import Mount, RtspServer, RtspServerFactory
 from waiting import wait_for
 
 from framebus.client import FrameRequestError, request_frame
+from framebus.config import SubscriberConfig
 from framebus.daemon import Daemon
+from framebus.errors import ConfigError
 from framebus.outbox import RATE_LIMIT, SLOW_READER, SUPERSEDED
 
 HTTP = {"listen": "127.0.0.1:0", "wait_timeout": "1s"}
@@ -257,7 +259,7 @@ def test_metrics_show_exact_counts_after_known_frames_and_drops(
     assert value("framebus_subscriber_latency_seconds_count", subscriber="all",
                  camera="cam") == len(frames["all"])
     assert value("framebus_subscriber_connected", subscriber="all", camera="cam") == 1.0
-    assert ("framebus_process_resident_memory_bytes", ()) in values
+    assert ("process_resident_memory_bytes", ()) in values
 
 
 def test_promtool_finds_nothing_to_complain_about(daemon: Daemon) -> None:
@@ -334,15 +336,24 @@ def test_unauthorised_answers_name_the_scheme(server: RtspServer, tmp_path: Path
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_an_uncreatable_fifo_disturbs_nobody(server: RtspServer, tmp_path: Path) -> None:
+def test_an_uncreatable_fifo_stops_the_start_and_at_reload_disturbs_nobody(
+        server: RtspServer, tmp_path: Path) -> None:
     fifo_dir = tmp_path / "fifos"
     fifo_dir.mkdir()
     (fifo_dir / "plain").write_text("a file where a directory should be")
-    subs = {"bad": {"camera": "cam", "fifo": str(fifo_dir / "plain" / "x.fifo")},
-            "good": {"camera": "cam", "format": "gray"}}
-    with running_daemon({"cam": {"url": server.url("cam"), "idle_decode": "all"}}, subs,
-                        fifo_dir, http=HTTP) as running:
-        assert "x.fifo: cannot inspect: Not a directory" in running.subscriber_errors["bad"]
+    camera = {"url": server.url("cam"), "idle_decode": "all"}
+    bad = {"camera": "cam", "fifo": str(fifo_dir / "plain" / "x.fifo")}
+    good = {"camera": "cam", "format": "gray"}
+    with pytest.raises(ConfigError) as refused, running_daemon(
+            {"cam": camera}, {"bad": bad, "good": good}, fifo_dir, http=HTTP):
+        pass
+    assert str(refused.value).startswith("subscribers.bad.fifo: ")
+    assert "x.fifo" in str(refused.value)
+    with running_daemon({"cam": camera}, {"good": good}, fifo_dir, http=HTTP) as running:
+        config = running.config.model_copy(update={"subscribers": {
+            **running.config.subscribers, "bad": SubscriberConfig.model_validate(bad)}})
+        running.reconcile(config, running.passwords)  # what a reload does
+        assert "x.fifo: cannot" in running.subscriber_errors["bad"]
         reader = ReaderProcess(fifo_dir / "good.fifo", "--count", "2")
         assert reader.finish(30) == 0
         status, body = ApiClient(running).json("POST", "/v1/subscriptions", {

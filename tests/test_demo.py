@@ -236,3 +236,25 @@ def test_media_cache_dir_is_in_the_checkout_or_the_user_cache(
     monkeypatch.setenv("FRAMEBUS_MEDIA_CACHE", str(tmp_path / "env"))
     assert harness.media_cache_dir() == tmp_path / "env"
     assert Path(harness.__file__).parent / "rtsp_server.py" == harness.SERVER_SCRIPT
+
+
+def test_demo_piped_into_head_cleans_up() -> None:
+    """`framebus demo | head -3`: the reader leaves early; the demo stops everything it
+    started, removes its directory and exits 0 without a Broken pipe message."""
+    proc = subprocess.Popen([sys.executable, "-m", "framebus", "demo", "--duration", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        head = [proc.stdout.readline() for _ in range(4)]  # through the config line
+        workdir = workdir_of("".join(head) + "".join(proc.stdout.readline() for _ in range(3)))
+        proc.stdout.close()  # what head does after its lines
+        status = proc.wait(STARTUP_TIMEOUT + 30)
+        stderr = proc.stderr.read()
+        assert status == 0, stderr
+        assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr
+        assert not workdir.exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -194,7 +194,8 @@ def test_fifo_deleted_while_in_use(matrix: Rig) -> None:
         second = sc.reader(path)  # waits for the path to (re)appear
         second.wait_frames(3, timeout=10)
         recovery = (second.frames[0]["t"] - left) / 1e9
-        delivered = sc.end()
+        assert path.exists() and path.is_fifo()  # re-created by the daemon, as a FIFO
+        delivered = sc.end()  # (which deletes the subscription, and so its FIFO)
         torn = sc.stop_readers()
     record("fifo_deleted", detection_s=detection, recovery_s=recovery, unaffected=delivered,
            torn=torn, **sc.details(),
@@ -202,7 +203,6 @@ def test_fifo_deleted_while_in_use(matrix: Rig) -> None:
                  "reader's process start-up")
     assert torn == 0
     assert delivered >= 0.95
-    assert path.exists() and path.is_fifo()  # re-created by the daemon, as a FIFO
     assert_daemon_healthy(matrix)
 
 
