@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import socket
 import sys
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from framebus.apiclient import default_token
+from framebus.apiclient import DaemonUnreachable, default_token
 from framebus.client import FrameRequestError, request_frame
 from framebus.errors import FramebusError
 from framebus.imaging import ImageKind, encode_image, to_video_frame
@@ -49,10 +50,15 @@ def _get_image(args: argparse.Namespace, kind: str, token: str | None) -> bytes:
         parts = urlsplit(args.url)
         connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1",
                                                 parts.port or 8470, timeout=args.timeout + 5)
+    where = f"unix socket {args.unix_socket}" if args.unix_socket else args.url
     try:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         body = response.read()
+    except (ConnectionError, FileNotFoundError, socket.gaierror) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DaemonUnreachable(f"cannot reach the framebus daemon at {where}: {reason} (is it "
+                                "running? see http.listen / http.unix_socket)") from None
     finally:
         connection.close()
     if response.status != 200:

@@ -68,6 +68,13 @@ def test_status_errors_name_the_url_and_what_to_do(daemon: Daemon, tmp_path: Pat
     down = framebus("status", "--url", nowhere)
     assert down.returncode == 1 and "Traceback" not in down.stderr
     assert f"cannot reach the framebus daemon at {nowhere}" in down.stderr
+    snap = framebus("snapshot", "cam", "--url", nowhere, "--out", str(tmp_path / "x.jpg"))
+    assert snap.returncode == 1 and f"cannot reach the framebus daemon at {nowhere}" in (
+        snap.stderr)
+    sock = tmp_path / "absent.sock"
+    snap = framebus("snapshot", "cam", "--fifo", "--unix-socket", str(sock), "--fifo-dir",
+                    str(tmp_path), "--out", str(tmp_path / "x.png"))
+    assert snap.returncode == 1 and f"unix socket {sock}" in snap.stderr, snap.stderr
 
 
 def test_healthz_names_the_cameras_that_do_not_stream(daemon: Daemon) -> None:
