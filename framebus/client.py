@@ -17,160 +17,42 @@ shared-memory segment beside the FIFO, which is mapped read-only once and reused
 in it, and ``frame.array`` is a read-only view into the mapping. The daemon does not rewrite that
 slot until this reader begins reading its next message, which is why it, too, is valid only
 until the next read; ``frame.intact()`` re-checks the slot's stamp.
+
+:mod:`framebus.aio` has the asyncio twin, ``AsyncSubscriber``: the same reading code
+(:class:`SubscriberCore`), with its waits handed to the event loop instead of ``poll``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
-import select
-import stat
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import TracebackType
-
-import numpy as np
+from typing import TypeVar
 
 from framebus.apiclient import post_json
-from framebus.errors import FifoError, ProtocolError
-from framebus.shm import SegmentMaps
-from framebus.wire import (
-    DEFAULT_MAX_PAYLOAD_LEN,
-    FrameHeader,
-    FrameReader,
-    PixelFormat,
-    Plane,
-    PlaneShape,
-    packed_layout,
-    plane_shapes,
-)
+from framebus.reading import Frame, SubscriberCore, SubscriberStats, Wait
 
-_APPEAR_POLL_S = 0.05  # how often to look for a FIFO that does not exist yet
-# While no writer has attached, how often to check that the path still names the FIFO we
-# hold open (a restarted daemon may have made a new one there: PROTOCOL.md section 10).
-_REPLACED_CHECK_S = 0.5
+__all__ = ["Frame", "FrameRequestError", "Subscriber", "SubscriberStats", "request_frame"]
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One received frame: its header, its payload, and numpy views of the pixels."""
-
-    header: FrameHeader
-    payload: memoryview
-    received_mono_ns: int
-    segments: SegmentMaps | None = None  # shm: where the payload is mapped
-
-    def intact(self) -> bool:
-        """True while the payload is the frame the header names: always for FIFO frames; for
-        shm frames, the slot's stamp still matches (the daemon keeps it so until the next
-        read, so a False here means the hold rule was broken)."""
-        return self.segments is None or self.segments.intact(self.header)
-
-    @property
-    def camera(self) -> str:
-        """Name of the camera the frame came from."""
-        return self.header.camera
-
-    @property
-    def seq(self) -> int:
-        """Per-camera sequence number."""
-        return self.header.seq
-
-    @property
-    def missed(self) -> int:
-        """Frames of this camera this subscriber missed since its previous frame."""
-        return self.header.missed
-
-    @property
-    def latency_ns(self) -> int:
-        """Publish (daemon, CLOCK_MONOTONIC) to fully read (here), same host only."""
-        return self.received_mono_ns - self.header.publish_mono_ns
-
-    @property
-    def planes(self) -> tuple[np.ndarray, ...]:
-        """One zero-copy view per plane: (h, w, 3) packed RGB, (h, w) luma/gray, (h/2, w/2, 2)
-        interleaved NV12 chroma, (h/2, w/2) I420 chroma; a 1-D byte array for jpeg."""
-        h = self.header
-        if not h.format.is_raw:
-            return (np.frombuffer(self.payload, dtype=np.uint8),)
-        shapes = plane_shapes(h.format, h.width, h.height)
-        return tuple(_plane_view(self.payload, p, s) for p, s in zip(h.planes, shapes, strict=True))
-
-    @property
-    def array(self) -> np.ndarray:
-        """The frame as one zero-copy array: (h, w, 3) for bgr24/rgb24, (h, w) for gray, the
-        encoded bytes for jpeg, and the OpenCV-style (h*3/2, w) layout for yuv420p/nv12 when the
-        size is even and the planes are packed (otherwise use ``planes``)."""
-        h = self.header
-        if h.format in (PixelFormat.YUV420P, PixelFormat.NV12):
-            packed, size = packed_layout(h.format, h.width, h.height)
-            if h.width % 2 or h.height % 2 or h.planes != packed:
-                raise ValueError(f"{h.format} {h.width}x{h.height} has no single-array view; "
-                                 "use .planes")
-            return np.ndarray((h.height * 3 // 2, h.width), np.uint8, self.payload[:size])
-        return self.planes[0]
-
-
-def _plane_view(payload: memoryview, plane: Plane, shape: PlaneShape) -> np.ndarray:
-    width = shape.row_bytes // shape.channels
-    if shape.channels == 1:
-        dims: tuple[int, ...] = (shape.rows, width)
-        strides: tuple[int, ...] = (plane.stride, 1)
-    else:
-        dims, strides = (shape.rows, width, shape.channels), (plane.stride, shape.channels, 1)
-    return np.ndarray(dims, np.uint8, payload, plane.offset, strides)
-
-
-@dataclass
-class SubscriberStats:
-    """Counters a consumer can show: frames and bytes read, FIFO opens, truncated messages."""
-
-    frames: int = 0
-    bytes: int = 0
-    missed: int = 0
-    opens: int = 0
-    truncated: int = 0
-    stale: int = 0  # shm messages whose slot no longer held their frame: skipped
-    replaced: int = 0  # reopens because the path came to name another FIFO (or vanished)
-    last_seq: dict[str, int] = field(default_factory=dict)
-
-
-class Subscriber:
-    """Read frames from a framebus subscriber FIFO.
+class Subscriber(SubscriberCore):
+    """Read frames from a framebus subscriber FIFO (blocking; see :mod:`framebus.aio` for
+    asyncio).
 
     ``timeout`` bounds the wait for each frame (``TimeoutError`` when it passes; None waits
-    forever, without spinning). With ``reopen=True`` the subscriber survives daemon restarts:
-    at EOF it reopens the FIFO and waits for the next writer; a message cut short by a dying
-    writer is dropped (counted in ``stats.truncated``), never delivered. With ``reopen=False``
-    iteration ends at a clean EOF and a cut message raises ``ProtocolError``.
+    forever, without spinning; 0 returns a frame that is already there, else raises at
+    once). With ``reopen=True`` the subscriber survives daemon restarts: at EOF it reopens
+    the FIFO and waits for the next writer; a message cut short by a dying writer is dropped
+    (counted in ``stats.truncated``), never delivered. With ``reopen=False`` iteration ends
+    at a clean EOF and a cut message raises ``ProtocolError``.
     """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        timeout: float | None = None,
-        reopen: bool = False,
-        max_payload_len: int = DEFAULT_MAX_PAYLOAD_LEN,
-    ) -> None:
-        self.path = Path(path)
-        self.timeout = timeout
-        self.reopen = reopen
-        self.stats = SubscriberStats()
-        self._max_payload_len = max_payload_len
-        self._reader = self._new_reader()
-        self._fd = -1
-        self._poller = select.poll()
-        self._eof = False
-        self._writer_seen = False  # read() returns 0 on a FIFO no writer has opened yet
-        self._segments = SegmentMaps(self.path.parent)  # shm segments live beside the FIFO
-
-    def _new_reader(self) -> FrameReader:
-        return FrameReader(max_payload_len=self._max_payload_len, reuse_buffer=True)
 
     def __enter__(self) -> Subscriber:
         return self
@@ -189,124 +71,32 @@ class Subscriber:
         """Open the FIFO now (it is otherwise opened by the first read); never blocks on a
         missing writer, waits up to ``timeout`` for the path to appear."""
         if self._fd < 0:
-            self._open(None if timeout is None else time.monotonic() + timeout)
-
-    def fileno(self) -> int:
-        """The FIFO's descriptor (-1 before the first read)."""
-        return self._fd
-
-    def close(self) -> None:
-        """Close the FIFO; the daemon sees the reader leave."""
-        if self._fd >= 0:
-            self._poller.unregister(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            self._drive(self._open_steps(None if timeout is None else time.monotonic() + timeout))
 
     def read(self, timeout: float | None = -1.0) -> Frame | None:
         """The next whole frame; None at a clean EOF (``reopen=False``).
 
         ``timeout`` defaults to the subscriber's; raises TimeoutError when it passes.
         """
-        wait = self.timeout if timeout is not None and timeout < 0 else timeout
-        deadline = None if wait is None else time.monotonic() + wait
-        if self._eof:
-            return None
-        if self._fd < 0:
-            self._open(deadline)
-        while True:
-            if not self._writer_seen:
-                self._wait_readable(deadline)  # silent until a writer attaches
-                self._writer_seen = True
-            target = self._reader.writable()
-            try:
-                count = os.readv(self._fd, [target])
-            except BlockingIOError:
-                self._wait_readable(deadline)
-                continue
-            if count == 0:
-                if not self._writer_left(deadline):
-                    return None
-                continue
-            self._reader.commit(count)
-            self.stats.bytes += count
-            message = self._reader.next_message()
-            if message is None:
-                continue
-            if message.header.shm is None:
-                return self._deliver(message.header, message.payload, None)
-            payload = self._segments.payload(message.header)
-            if payload is not None:
-                return self._deliver(message.header, payload, self._segments)
-            self.stats.stale += 1
+        return self._drive(self._read_steps(self._deadline(timeout)))
 
-    def _deliver(self, header: FrameHeader, payload: memoryview,
-                 segments: SegmentMaps | None) -> Frame:
-        self.stats.frames += 1
-        self.stats.missed += header.missed
-        self.stats.last_seq[header.camera] = header.seq
-        return Frame(header, payload, time.monotonic_ns(), segments)
-
-    def _writer_left(self, deadline: float | None) -> bool:
-        """Handle EOF; return True to keep reading (reopened), False for a clean end."""
+    def _drive(self, steps: Generator[Wait, bool, T]) -> T:
+        """Run ``steps`` to the end, answering each wait by blocking in poll or sleep."""
         try:
-            self._reader.close()
-        except ProtocolError:
-            if not self.reopen:
-                self._eof = True
-                raise
-            self.stats.truncated += 1
-        if not self.reopen:
-            self._eof = True
+            wait = next(steps)
+            while True:
+                wait = steps.send(self._block(*wait))
+        except StopIteration as done:
+            value: T = done.value
+            return value
+        finally:
+            steps.close()
+
+    def _block(self, fd: int, seconds: float | None) -> bool:
+        if fd < 0:
+            time.sleep(seconds or 0.0)
             return False
-        self._reader = self._new_reader()
-        self._segments = SegmentMaps(self.path.parent)  # a new daemon's segments, new names
-        self.close()
-        self._open(deadline)
-        return True
-
-    def _open(self, deadline: float | None) -> None:
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                break
-            except FileNotFoundError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"FIFO {self.path} did not appear in time") from None
-                time.sleep(_APPEAR_POLL_S)
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise FifoError(f"{self.path} is not a FIFO")
-        self._fd = fd
-        self._writer_seen = False
-        self._poller.register(fd, select.POLLIN)
-        self.stats.opens += 1
-
-    def _wait_readable(self, deadline: float | None) -> None:
-        """Poll until readable (a zero timeout still polls once). While no writer has come,
-        wake every _REPLACED_CHECK_S to check that the path still names our FIFO, and
-        reopen when it does not: a reader must not wait forever on a deleted inode."""
-        while True:
-            slice_s = None if self._writer_seen else _REPLACED_CHECK_S
-            if deadline is not None:
-                remaining = max(0.0, deadline - time.monotonic())
-                slice_s = remaining if slice_s is None else min(slice_s, remaining)
-            if self._poller.poll(-1 if slice_s is None else int(slice_s * 1000) + (slice_s > 0)):
-                return
-            if not self._writer_seen and self._replaced():
-                self.stats.replaced += 1
-                self.close()
-                self._open(deadline)
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"no frame on {self.path} in time")
-
-    def _replaced(self) -> bool:
-        try:
-            now = os.stat(self.path)
-        except OSError:
-            return True
-        held = os.fstat(self._fd)
-        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+        return bool(self._poller.poll(-1 if seconds is None else math.ceil(seconds * 1000)))
 
 
 class FrameRequestError(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 from fifo_writer import parse_specs
 from framegen import make_frame
+from waiting import wait_for
 
 from framebus.client import Frame, Subscriber
 from framebus.errors import FifoError, ProtocolError
-from framebus.wire import PixelFormat, plane_shapes
+from framebus.wire import PixelFormat, encode_message, plane_shapes
 
 WRITER = Path(__file__).resolve().parent / "fifo_writer.py"
 SPECS = "bgr24:64x48,rgb24:33x17:3,gray:31x9,yuv420p:15x11:2,nv12:640x360,jpeg:1x1,bgr24:1280x720"
@@ -164,3 +166,85 @@ def test_yuv_array_view_is_the_opencv_i420_layout() -> None:
     odd_header, odd_payload = make_frame(1, 1, PixelFormat.NV12, 7, 5)
     with pytest.raises(ValueError, match=r"use \.planes"):
         _ = Frame(odd_header, memoryview(odd_payload), 0).array
+
+
+def test_zero_timeout_returns_a_frame_already_there_else_times_out_at_once(fifo: Path) -> None:
+    with Subscriber(fifo) as sub:
+        sub.open()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):  # no writer yet
+            sub.read(timeout=0)
+        writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # a reader holds it: no wait
+        try:
+            for index in range(2):
+                header, payload = make_frame(16, index, PixelFormat.GRAY, 31, 9)
+                os.write(writer, encode_message(header, payload))
+                frame = sub.read(timeout=0)
+                assert frame is not None and frame.header == header
+                assert bytes(frame.payload) == payload
+                with pytest.raises(TimeoutError) as caught:  # writer there, nothing to read
+                    sub.read(timeout=0)
+                assert caught.value.__context__ is None  # not raised while handling EAGAIN
+        finally:
+            os.close(writer)
+        assert time.monotonic() - started < 2.0  # every zero-timeout read returned at once
+    assert sub.stats.frames == 2
+
+
+# A consumer loop as users write it; it prints each seq, and waits in poll for the next frame.
+CONSUMER_LOOP = """
+import sys
+from framebus.client import Subscriber
+with Subscriber(sys.argv[1], reopen=True) as sub:
+    for frame in sub:
+        print(frame.seq, flush=True)
+"""
+
+
+def sleeping(pid: int) -> bool:
+    """The process's main thread is blocked in a system call (poll, a futex: waiting)."""
+    stat_line = Path(f"/proc/{pid}/stat").read_text()
+    return stat_line.rsplit(")", 1)[1].split()[0] == "S"
+
+
+@pytest.mark.parametrize("consumer", ["loop", "dump", "watch"])
+def test_ctrl_c_while_waiting_for_a_frame_has_no_chained_traceback(
+    fifo: Path, tmp_path: Path, consumer: str
+) -> None:
+    shows_frame = {"loop": lambda line: line == "0\n", "dump": lambda line: ".png" in line,
+                   "watch": lambda line: line.startswith("cam-3 ")}[consumer]
+    args = {"loop": ["-c", CONSUMER_LOOP, str(fifo)],
+            "dump": ["-m", "framebus", "dump", str(fifo), "--out", str(tmp_path / "out"),
+                     "--count", "5"],
+            "watch": ["-m", "framebus", "watch", str(fifo)]}[consumer]
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    collector = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    collector.start()
+    try:
+        writer = wait_for(lambda: _open_writer(fifo), 30, "the consumer to open the FIFO") - 1
+        try:  # one frame, then the writer stays: the reader waits in poll after EAGAIN
+            os.write(writer, encode_message(*make_frame(17, 0, PixelFormat.GRAY, 16, 8)))
+            wait_for(lambda: any(map(shows_frame, lines)), 30, "the consumer to show the frame")
+            wait_for(lambda: sleeping(proc.pid), 30, "the consumer to wait again")
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            os.close(writer)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert "BlockingIOError" not in stderr and "During handling" not in stderr, stderr
+    if consumer == "loop":  # the interpreter's own report of an uncaught KeyboardInterrupt
+        assert proc.returncode == -signal.SIGINT and "KeyboardInterrupt" in stderr, stderr
+    else:  # the CLI: exit status 130, not a word
+        assert proc.returncode == 130 and stderr == "", stderr
+
+
+def _open_writer(fifo: Path) -> int | None:
+    try:  # + 1: a descriptor 0 must count as found
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK) + 1
+    except OSError:  # ENXIO: no reader yet
+        return None
