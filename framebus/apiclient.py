@@ -33,6 +33,16 @@ class DaemonUnreachable(FramebusError):
     """No daemon answers at the URL or socket (the message names it and what to check)."""
 
 
+UNREACHABLE = (ConnectionError, FileNotFoundError, socket.gaierror)
+
+
+def unreachable(where: str, exc: OSError) -> DaemonUnreachable:
+    """The one-line error for a daemon that does not answer at ``where`` (a URL or socket)."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return DaemonUnreachable(f"cannot reach the framebus daemon at {where}: {reason} (is it "
+                             "running? see http.listen / http.unix_socket)")
+
+
 def request_json(method: str, url: str, unix_socket: str | None, path: str,
                  body: dict[str, object] | None, token: str | None, timeout: float
                  ) -> tuple[int, dict[str, object]]:
@@ -56,10 +66,8 @@ def request_json(method: str, url: str, unix_socket: str | None, path: str,
                            headers)
         response = connection.getresponse()
         data = response.read()
-    except (ConnectionError, FileNotFoundError, socket.gaierror) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise DaemonUnreachable(f"cannot reach the framebus daemon at {where}: {reason} (is it "
-                                "running? see http.listen / http.unix_socket)") from None
+    except UNREACHABLE as exc:
+        raise unreachable(where, exc) from None
     finally:
         connection.close()
     try:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import socket
 import sys
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from framebus.apiclient import DaemonUnreachable, default_token
+from framebus.apiclient import UNREACHABLE, default_token, unreachable
 from framebus.client import FrameRequestError, request_frame
 from framebus.errors import FramebusError
 from framebus.imaging import ImageKind, encode_image, to_video_frame
@@ -55,10 +54,8 @@ def _get_image(args: argparse.Namespace, kind: str, token: str | None) -> bytes:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         body = response.read()
-    except (ConnectionError, FileNotFoundError, socket.gaierror) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise DaemonUnreachable(f"cannot reach the framebus daemon at {where}: {reason} (is it "
-                                "running? see http.listen / http.unix_socket)") from None
+    except UNREACHABLE as exc:
+        raise unreachable(where, exc) from None
     finally:
         connection.close()
     if response.status != 200:
