@@ -10,13 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from camerakit import FAST
 from fanoutkit import ReaderProcess, running_daemon
 from rtspserver import Mount, RtspServerFactory
 from waiting import timed, wait_for
 
+from framebus.config import SubscriberConfig
 from framebus.daemon import Daemon
+from framebus.errors import ConfigError
 from framebus.outbox import RATE_LIMIT, SLOW_READER, SUPERSEDED
 
 CAMERA = {"idle_decode": "all"}
@@ -161,12 +164,22 @@ def test_a_path_that_is_not_a_fifo_is_refused_and_left_untouched(
     regular.write_text("do not overwrite")
     link = tmp_path / "link.fifo"
     link.symlink_to(regular)
-    subs = {"file": {"camera": "cam", "fifo": str(regular)},
-            "link": {"camera": "cam", "fifo": str(link)},
-            "good": {"camera": "cam", "format": "gray"}}
-    with running_daemon({"cam": {"url": server.url("cam"), **CAMERA}}, subs, tmp_path) as daemon:
-        good = ReaderProcess(tmp_path / "good.fifo", "--count", "3")
-        assert good.finish(30) == 0
+    bad = {"file": {"camera": "cam", "fifo": str(regular)},
+           "link": {"camera": "cam", "fifo": str(link)}}
+    good = {"good": {"camera": "cam", "format": "gray"}}
+    camera = {"cam": {"url": server.url("cam"), **CAMERA}}
+    for name, sub in bad.items():  # at start: the daemon refuses to run with it
+        with pytest.raises(ConfigError) as refused, running_daemon(camera, {name: sub},
+                                                                   tmp_path / name):
+            pass
+        assert str(refused.value).startswith(f"subscribers.{name}.fifo: ")
+    with running_daemon(camera, good, tmp_path) as daemon:  # at reload: logged, others go on
+        config = daemon.config.model_copy(update={"subscribers": {
+            **daemon.config.subscribers,
+            **{n: SubscriberConfig.model_validate(s) for n, s in bad.items()}}})
+        daemon.reconcile(config, daemon.passwords)
+        good_reader = ReaderProcess(tmp_path / "good.fifo", "--count", "3")
+        assert good_reader.finish(30) == 0
         errors = daemon.subscriber_errors
     assert "exists and is a regular file, not a FIFO: refusing to touch it" in errors["file"]
     assert "is a symlink" in errors["link"]
