@@ -7,7 +7,7 @@ STAMP := $(VENV)/.framebus-installed
 DEBS := scripts/debian-packages.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup run test soak lint clean
+.PHONY: setup run test soak lint clean screenshot
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ soak: setup
 lint: setup
 	$(VENV)/bin/ruff check framebus tests
 	$(VENV)/bin/mypy framebus
+
+# docs/status-page.png, the README's picture of the status page (headless Chromium)
+screenshot: setup
+	FRAMEBUS_SCREENSHOT=docs/status-page.png $(PY) -m pytest -q tests/test_web_browser.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -137,7 +137,8 @@ class Handlers:
                              if s.spec.camera == name)
         return {
             "name": name, "url": redact_url(camera.config.url), "state": camera.state.value,
-            "reason": camera.reason, "fps": round(stats.fps, 2), "width": stats.width,
+            "reason": camera.reason, "fps": round(stats.fps, 2),
+            "declared_fps": round(stats.declared_fps, 2), "width": stats.width,
             "height": stats.height, "codec": stats.codec, "epoch": stats.epoch,
             "frames_decoded": stats.frames_decoded, "decode_errors": stats.decode_errors,
             "reconnects": dict(stats.reconnects), "last_seq": latest.seq if latest else None,

@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import threading
@@ -60,6 +61,40 @@ class _TooLarge(_Unsupported):
     """The stream declares more pixels than the camera's ``max_pixels``."""
 
 
+# Why a camera (re)connected: the ``reason`` label of framebus_camera_reconnects_total. Stable:
+# dashboards and alerts name them. A failed attempt counts once, under the first that applies.
+RECONNECT_REASONS = (
+    "stalled",      # streaming, then no frame for stall_timeout (the watchdog restarted it)
+    "hung",         # an open or read did not return in time (the watchdog abandoned it)
+    "eof",          # the stream ended
+    "auth_failed",  # 401: wrong or missing credentials
+    "unsupported",  # opened, but no video stream or no decoder for it
+    "too_large",    # the stream declares more than max_pixels
+    "not_found",    # 404 (no such RTSP mount / HTTP path) or no such file
+    "refused",      # connection refused (nothing listens on the port)
+    "timeout",      # no answer within open_timeout, or a socket timeout (ETIMEDOUT)
+    "protocol",     # the server answered, but not usably: invalid data, another 4xx/5xx status
+    "error",        # anything else (DNS, unreachable network, reset, ...)
+)
+
+
+def failure_reason(exc: BaseException, timed_out: bool = False) -> str:
+    """The reconnect reason for an exception of an open or read that is not 401 or one of ours:
+    ``timed_out`` says the attempt failed after PyAV's timeout had run out (FFmpeg's RTSP
+    demuxer reports an interrupted open as invalid data)."""
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, av.error.HTTPNotFoundError | FileNotFoundError) or code == errno.ENOENT:
+        return "not_found"
+    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return "refused"
+    if timed_out or isinstance(exc, TimeoutError | av.error.ExitError) or code == errno.ETIMEDOUT:
+        return "timeout"
+    if isinstance(exc, av.error.InvalidDataError | av.error.HTTPError | av.error.HTTPClientError
+                  | av.error.PatchWelcomeError):
+        return "protocol"
+    return "error"
+
+
 @dataclass
 class CameraStats:
     """Plain counters the decoder thread increments; metrics read them at scrape time."""
@@ -67,12 +102,14 @@ class CameraStats:
     frames_decoded: int = 0
     keyframes_decoded: int = 0
     packets: int = 0
+    input_bytes: int = 0  # sum of the demuxed packets' sizes (the compressed stream)
     decode_errors: int = 0
     reconnects: Counter[str] = field(default_factory=Counter)
     epoch: int = 0
     width: int = 0
     height: int = 0
     codec: str = ""
+    declared_fps: float = 0.0  # the stream's declared frame rate; 0 when it declares none
     last_frame_mono: float = 0.0
     state_since_mono: float = 0.0
     frame_interval: float = 0.0  # smoothed seconds between decoded frames
@@ -193,6 +230,15 @@ class Camera:
         return True
 
     @property
+    def idle(self) -> bool:
+        """True while the camera streams but decodes keyframes only, because nobody wants its
+        frames (``idle_decode: keyframes``): its fps is then the keyframe rate."""
+        return self.state is CameraState.STREAMING and self._decode_keyframes_only()
+
+    def _decode_keyframes_only(self) -> bool:
+        return self.config.idle_decode == "keyframes" and not self.store.is_wanted(self.name)
+
+    @property
     def abandoned_alive(self) -> int:
         """Abandoned decoder threads that have not returned from PyAV yet."""
         return len(self._abandoned)
@@ -221,6 +267,8 @@ class Camera:
             self._set_state(CameraState.CONNECTING, "connecting")  # a file loop stays streaming
         self._deadline = time.monotonic() + cfg.open_timeout + 1.0
         container = None
+        opening = time.monotonic()
+        opened = False
         try:
             # PyAV's read timeout sits past the stall deadline on purpose: when it interrupts a
             # read, the RTSP demuxer hands out a stale buffered frame, which would hide the
@@ -230,6 +278,7 @@ class Camera:
                                 format="lavfi" if lavfi else None,
                                 timeout=(cfg.open_timeout, cfg.stall_timeout + cfg.read_timeout),
                                 hwaccel=self._hwaccel())
+            opened = True
             if not self._current(generation):
                 raise _Abandoned
             self._stream(generation, container)
@@ -247,7 +296,8 @@ class Camera:
             self.stats.reconnects[reason] += 1
             return self._fail(generation, CameraState.UNSUPPORTED, str(exc), auth=True)
         except Exception as exc:  # every other FFmpeg/OS failure: back off and retry
-            self.stats.reconnects["error"] += 1
+            timed_out = not opened and time.monotonic() - opening >= cfg.open_timeout
+            self.stats.reconnects[failure_reason(exc, timed_out)] += 1
             return self._fail(generation, CameraState.BACKOFF, describe_error(exc))
         finally:
             if container is not None:
@@ -288,6 +338,8 @@ class Camera:
         if self.config.decoder_threads != 1:
             codec.thread_type = "AUTO"
         self.stats.codec = codec.name
+        rate = stream.average_rate or stream.guessed_rate
+        self.stats.declared_fps = float(rate) if rate else 0.0
         self.stats.epoch += 1
         epoch = self.stats.epoch
         time_base = stream.time_base or Fraction(1, 90000)
@@ -298,11 +350,12 @@ class Camera:
         for packet in container.demux(stream):
             if not self._current(generation):
                 raise _Abandoned
-            idle = self.config.idle_decode == "keyframes" and not self.store.is_wanted(self.name)
+            idle = self._decode_keyframes_only()
             if idle != skipping:
                 codec.skip_frame = "NONKEY" if idle else "DEFAULT"
                 skipping = idle
             self.stats.packets += 1
+            self.stats.input_bytes += packet.size
             try:
                 frames = packet.decode()
             except av.error.FFmpegError:

@@ -210,6 +210,8 @@ class HttpConfig(_Strict):
     write_timeout: Duration = 30.0
     workers: int = Field(4, ge=1, le=64)  # threads for snapshots, conversions, frame requests
     max_subscriptions: int = Field(64, ge=0, le=4096)  # run-time subscriptions, all cameras
+    max_live_streams: int = Field(8, ge=0, le=256)  # MJPEG live views at once (the web page)
+    live_max_seconds: Duration = 3600.0  # a live view ends after this (the page renews it)
 
     @field_validator("listen")
     @classmethod

@@ -19,9 +19,11 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,8 +34,9 @@ from framebus.access import host_allowed, host_name, origin_allowed, token_match
 from framebus.api import ApiError, Reply
 from framebus.api_handlers import Handlers
 from framebus.http_server import App, HttpServer, Limits, Peer, Request, Response, error_response
-from framebus.metrics import build_registry, render
+from framebus.metrics import OTHER, HttpRequestStats, build_registry, render
 from framebus.view import DaemonView
+from framebus.web import Web
 
 log = logging.getLogger("framebus.control")
 
@@ -42,16 +45,25 @@ NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})"
 
 @dataclass(frozen=True)
 class Route:
-    """One endpoint: ``open`` needs no token; ``pooled`` runs on the worker threads."""
+    """One endpoint: ``open`` needs no token; ``pooled`` runs on the worker threads; ``web``
+    (the browser's, web.py) gets the request and answers with a Response."""
 
     method: str
     pattern: re.Pattern[str]
-    func: Callable[..., Reply]
+    func: Callable[..., Reply | Response]
     open: bool = False
     pooled: bool = False
+    web: bool = False
+
+    @cached_property
+    def template(self) -> str:
+        """The path with its parameters as ``{name}``: the ``route`` label of the metrics."""
+        return re.sub(r"\(\?P<(\w+)>[^()]*\)", r"{\1}", self.pattern.pattern).replace("\\.", ".")
 
 
-def _answer(reply: Reply) -> Response:
+def _answer(reply: Reply | Response) -> Response:
+    if isinstance(reply, Response):
+        return reply
     status, headers, body = reply
     return Response(int(status), list(headers.items()), body)
 
@@ -70,8 +82,8 @@ class Api(App):
                  worker_count: int,
                  http_stats: Callable[[], tuple[int, int, int, int]] | None = None) -> None:
         self.view, self.token = view, token
-        self.registry = build_registry(view, http_stats)
         self.handlers = h = Handlers(view)
+        self.web = w = Web(view, token, workers)
         self.allowed_hosts = frozenset(name.lower() for name in view.config.http.allowed_hosts)
         self.workers, self.worker_count, self.busy_workers = workers, worker_count, 0
         self.routes: list[Route] = [
@@ -86,13 +98,18 @@ class Api(App):
             Route("GET", re.compile(r"/v1/subscriptions"), h.list_subscriptions),
             Route("POST", re.compile(r"/v1/subscriptions"), h.add_subscription),
             Route("GET", re.compile(rf"/v1/subscriptions/{NAME}"), h.get_subscription),
+            Route("GET", re.compile(r"/"), w.page, web=True),
+            Route("GET", re.compile(rf"/v1/cameras/{NAME}/live\.mjpeg"), w.live_view, web=True),
             Route("DELETE", re.compile(rf"/v1/subscriptions/{NAME}"), h.delete_subscription),
         ]
+        self.requests = HttpRequestStats(route.template for route in self.routes)
+        self.registry = build_registry(view, http_stats, self.requests)
 
     # -- from the head alone ------------------------------------------------------------------
 
     def head(self, request: Request) -> Response | None:
         """Refuse what the head alone says is refused; None lets the body be read."""
+        started = time.monotonic()
         try:
             self._check_host(request)
             route, _ = self._route(request)
@@ -104,8 +121,19 @@ class Api(App):
                                    "request bodies must be sent as Content-Type: "
                                    "application/json")
         except ApiError as exc:
-            return _refusal(exc)
+            return self._counted(request, started,
+                                 self.web.refusal(request, exc) or _refusal(exc))
         return None
+
+    def _counted(self, request: Request, started: float, response: Response) -> Response:
+        """Count an answer for the metrics, under its route's template (never the raw path)."""
+        try:
+            path = urlsplit(request.target).path
+        except ValueError:  # e.g. "http://[x/": no route's
+            path = ""
+        route = next((r.template for r in self.routes if r.pattern.fullmatch(path)), OTHER)
+        self.requests.observe(route, request.method, response.status, time.monotonic() - started)
+        return response
 
     def _check_host(self, request: Request) -> None:
         if request.peer.transport == "unix":
@@ -126,7 +154,11 @@ class Api(App):
                            "requests from other sites' pages are refused")
 
     def _route(self, request: Request) -> tuple[Route, dict[str, str]]:
-        path = urlsplit(request.target).path
+        try:
+            path = urlsplit(request.target).path
+        except ValueError:  # e.g. "http://[x/": a 400, not a dropped connection
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request",
+                           "the request target is not a valid URL") from None
         allowed = []
         for route in self.routes:
             match = route.pattern.fullmatch(path)
@@ -145,13 +177,20 @@ class Api(App):
     def _authorise(self, request: Request, route: Route) -> None:
         if route.open or request.peer.transport == "unix":
             return  # the Unix socket's permissions decide who may connect at all
-        if not token_matches(request.headers.get("authorization"), self.token):
+        # or a browser's session cookie, signed in with the token (web.py says why no other
+        # site's page can make use of it: SameSite=Strict, Sec-Fetch-Site, Origin, POST rules)
+        if not (token_matches(request.headers.get("authorization"), self.token)
+                or self.web.signed_in(request)):
             raise ApiError(HTTPStatus.UNAUTHORIZED, "unauthorized", "missing or wrong token")
 
     # -- with the body ------------------------------------------------------------------------
 
     async def __call__(self, request: Request, body: bytes) -> Response:
         """Run the endpoint: inline, or on a worker thread when it may wait or convert."""
+        started = time.monotonic()
+        return self._counted(request, started, await self._run(request, body))
+
+    async def _run(self, request: Request, body: bytes) -> Response:
         try:
             route, args = self._route(request)
             call = self._bind(route, request, body, args)
@@ -174,7 +213,9 @@ class Api(App):
             return error_response(500, "internal", "internal error (logged)")
 
     def _bind(self, route: Route, request: Request, body: bytes, args: dict[str, str]
-              ) -> Callable[[], Reply]:
+              ) -> Callable[[], Reply | Response]:
+        if route.web:
+            return lambda: route.func(request, **args)
         if request.method == "POST":
             data = self._json(body)  # POST endpoints learn who asks: FIFOs must be theirs
             return lambda: route.func(data, request.peer, **args)

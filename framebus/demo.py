@@ -223,6 +223,7 @@ def _control_lines(address: str | None, fifo_dir: Path) -> str:
     token = fifo_dir / "api.token"
     return (f"  control API        http://{address}  (open: /healthz, /metrics; the rest needs "
             f"the token in {token})\n"
+            f"  status page        http://{address}/?token=$(cat {token})\n"
             f"    framebus status --url http://{address} --token-file {token}\n"
             f"    curl -H \"Authorization: Bearer $(cat {token})\" http://{address}/v1/cameras\n")
 

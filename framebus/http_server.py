@@ -21,6 +21,12 @@ Invariants:
   chunked bodies are refused with 411).
 - A request the app answers from its head alone (``App.head``) has its body left unread and
   its connection closed after the answer: an unread body is never parsed as a next request.
+- A streamed answer (``Response.stream``) has no Content-Length: h11 frames it chunked for an
+  HTTP/1.1 client and by closing the connection for HTTP/1.0; the connection closes after it
+  either way. It is busy, never idle (no eviction), each chunk must be taken within
+  ``write_timeout``, little is in flight (the next chunk is asked for once the kernel took the
+  last, into a small send buffer), it ends when the client closes, and at ``close()``. How
+  many may run and for how long is the app's to bound.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Protocol
 
 import h11
 
@@ -43,6 +50,8 @@ log = logging.getLogger("framebus.http")
 
 ACCEPT_BATCH = 16  # connections accepted per event loop turn (see HttpServer._deepen)
 LINGER_S = 1.0  # how long a refused body may keep arriving before the connection is closed
+CLOSE_WAIT_S = 2.0  # how long close() lets cancelled connections finish (a stream's clean-up)
+STREAM_SNDBUF = 65536  # a streamed answer's socket send buffer (the kernel doubles it)
 _REASONS = {int(status): status.phrase.encode() for status in HTTPStatus}
 
 Headers = list[tuple[str, str]]
@@ -90,13 +99,25 @@ class Request:
         return int(self.headers.get("content-length", "0"))
 
 
+class Stream(Protocol):
+    """A body sent as it is made: chunks from ``async for``; ``aclose()`` is awaited once the
+    answer ends, however it ends (complete, client gone, write timeout, server closing), even
+    if iteration never started."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def aclose(self) -> Awaitable[None]: ...
+
+
 @dataclass
 class Response:
-    """An answer: status, headers (Content-Length is added) and the whole body."""
+    """An answer: status, headers (Content-Length is added) and the whole body; or, with
+    ``stream``, a body of unknown length sent chunk by chunk (see the module's invariants)."""
 
     status: int
     headers: Headers = field(default_factory=list)
     body: bytes = b""
+    stream: Stream | None = None
 
 
 def error_response(status: int, error: str, detail: str, headers: Headers | None = None
@@ -183,8 +204,11 @@ class HttpServer:
         """Stop listening and drop every connection."""
         for server in self._servers:
             server.close()
-        for connection in list(self.connections.values()):
-            connection.task.cancel()
+        tasks = [connection.task for connection in self.connections.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # let them run their clean-up (a stream's aclose, the socket's abort)
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
         for server in self._servers:
             await server.wait_closed()
 
@@ -243,6 +267,10 @@ class HttpServer:
             connection.idle = False
             request = _request(event, peer)
             response, keep_alive = await self._respond(request, h11_connection, reader)
+            if response.stream is not None:
+                await self._stream(reader, writer, h11_connection, response,
+                                   request.method == "HEAD")
+                return
             if not keep_alive:
                 response.headers.append(("Connection", "close"))
             await self._send(writer, h11_connection, response, request.method == "HEAD")
@@ -310,6 +338,60 @@ class HttpServer:
         writer.write(data)
         async with asyncio.timeout(self.limits.write_timeout):
             await writer.drain()
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      connection: h11.Connection, response: Response, head: bool) -> None:
+        """Send a streamed answer until it ends, the client closes or a write times out."""
+        stream = response.stream
+        assert stream is not None
+        try:
+            headers = [*response.headers, ("Connection", "close")]  # no Content-Length
+            try:
+                data = connection.send(h11.Response(status_code=response.status,
+                                                    headers=headers,
+                                                    reason=_REASONS.get(response.status, b"")))
+            except h11.LocalProtocolError as exc:
+                log.debug("http: cannot send: %s", exc)
+                raise _Closed() from None
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+            writer.transport.set_write_buffer_limits(high=0)  # drain() waits for the kernel
+            await self._write(writer, data)
+            if head:
+                return
+            pump = asyncio.ensure_future(self._pump(writer, connection, stream))
+            gone = asyncio.ensure_future(_until_eof(reader, self.limits.max_body))
+            try:
+                await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                pump.cancel()
+                gone.cancel()
+                await asyncio.wait((pump, gone))
+            if pump.cancelled():
+                raise _Closed()  # the client closed (or sent more than a request)
+            pump.result()  # a write timeout or a failure of the stream raises here
+        finally:
+            await stream.aclose()
+
+    async def _pump(self, writer: asyncio.StreamWriter, connection: h11.Connection,
+                    stream: Stream) -> None:
+        async for chunk in stream:
+            await self._write(writer, connection.send(h11.Data(data=chunk)))
+        await self._write(writer, connection.send(h11.EndOfMessage()))
+
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes | None) -> None:
+        writer.write(data or b"")
+        async with asyncio.timeout(self.limits.write_timeout):
+            await writer.drain()
+
+
+async def _until_eof(reader: asyncio.StreamReader, budget: int) -> None:
+    """Returns once the client has closed its side (or sent ``budget`` bytes nobody reads)."""
+    with contextlib.suppress(ConnectionError):
+        while budget > 0 and (chunk := await reader.read(65536)):
+            budget -= len(chunk)
 
 
 async def _next_event(connection: h11.Connection, reader: asyncio.StreamReader) -> object:

@@ -1,17 +1,33 @@
 """Prometheus metrics: one Collector that reads the daemon's plain counters at scrape time.
 
-The hot paths (decoder threads, the fan-out loop) only increment plain integers; nothing
-here runs until Prometheus scrapes. Names follow Prometheus conventions: ``framebus_``
-prefix, ``_total`` for counters, base units (``_seconds``, ``_bytes``).
+The hot paths (decoder threads, the fan-out loop, the HTTP event loop) only increment plain
+integers; nothing here runs until Prometheus scrapes. Names follow Prometheus conventions:
+``framebus_`` prefix, ``_total`` for counters, base units (``_seconds``, ``_bytes``). The
+process itself is described by prometheus_client's standard collectors, without the prefix
+(``process_*``, ``python_info``), so the dashboards and alerts operators already have apply.
+
+Every series whose label values are known in advance exists from the first scrape, at 0: each
+camera has every reconnect reason, each subscriber every drop reason (and, on shm, every shm
+failure reason), each HTTP route its duration histogram. ``rate()`` and ``increase()`` then
+see the first increment instead of a series appearing already at 1.
 """
 
 from __future__ import annotations
 
+import platform
 import time
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+import av
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -20,28 +36,83 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from framebus.camera import CameraState
+import framebus
+from framebus.camera import RECONNECT_REASONS, CameraState
 from framebus.fanout import LATENCY_BUCKETS_S
+from framebus.outbox import RATE_LIMIT, READER_GONE, SHUTDOWN, SLOW_READER, SUPERSEDED
 from framebus.wire import PixelFormat
 
 if TYPE_CHECKING:
     from framebus.view import DaemonView
+
+DROP_REASONS = (SUPERSEDED, RATE_LIMIT, SLOW_READER, READER_GONE, SHUTDOWN)
+SHM_FAILURE_REASONS = ("no_space", "permission", "error", "no_free_slot")
+HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OTHER = "other"  # the route of a path no endpoint has, the method of an unknown method
+
+
+def ffmpeg_version() -> str:
+    """The FFmpeg release PyAV runs on ("8.1.2"), else its libavformat version ("lavf 62.12")."""
+    version = getattr(av, "ffmpeg_version_info", None)
+    if version:
+        return str(version)
+    major, minor, _ = av.library_versions.get("libavformat", (0, 0, 0))
+    return f"lavf {major}.{minor}"
+
+
+class HttpRequestStats:
+    """Requests the API answered, as plain counters. The event loop thread increments them
+    and, serving /metrics on that same thread, reads them: no lock.
+
+    ``route`` is an endpoint's path template (``/v1/cameras/{name}``), never the raw path, and
+    ``other`` for a path no endpoint has; a method outside HTTP's usual ones counts as
+    ``other``: the labels stay bounded whatever clients send.
+    """
+
+    def __init__(self, routes: Iterable[str]) -> None:
+        self.routes = tuple(dict.fromkeys([*routes, OTHER]))
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.durations = {route: [0] * (len(HTTP_BUCKETS_S) + 1) for route in self.routes}
+        self.duration_sums = dict.fromkeys(self.routes, 0.0)
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request."""
+        if route not in self.durations:
+            route = OTHER
+        self.requests[(route, method if method in HTTP_METHODS else OTHER, status)] += 1
+        self.durations[route][bisect_left(HTTP_BUCKETS_S, seconds)] += 1
+        self.duration_sums[route] += seconds
 
 
 class FramebusCollector(Collector):
     """Reads statistics snapshots of a running daemon."""
 
     def __init__(self, daemon: DaemonView,
-                 http_stats: Callable[[], tuple[int, int, int, int]] | None = None) -> None:
+                 http_stats: Callable[[], tuple[int, int, int, int]] | None = None,
+                 requests: HttpRequestStats | None = None) -> None:
         self.daemon = daemon
         self.http_stats = http_stats
+        self.requests = requests
+        self.build = [framebus.__version__, platform.python_version(), av.__version__,
+                      ffmpeg_version()]
 
     def collect(self) -> Iterator[Metric]:
         """Called by prometheus_client at scrape time."""
+        build = GaugeMetricFamily("framebus_build_info", "Always 1: the versions of framebus, "
+                                  "Python, PyAV and the FFmpeg it runs on",
+                                  labels=["version", "python", "pyav", "ffmpeg"])
+        build.add_metric(self.build, 1)
+        yield build
         yield from self._cameras()
         yield from self._subscribers()
+        # width/height are the rendition's size as subscribers ask it, not the output size: an
+        # empty side is "native" (both empty) or "from the aspect ratio" (one empty), and a side
+        # larger than the camera's is never upscaled. The output size follows the camera's and
+        # may change mid-stream: as a label it would start new series; it is in frame headers.
         conversions = CounterMetricFamily(
-            "framebus_conversions", "Frame conversions to a (format, size) rendition",
+            "framebus_conversions", "Frame conversions to a (format, size) rendition; an empty "
+            "width or height: native, or from the aspect ratio",
             labels=["camera", "format", "width", "height", "quality"])
         for (camera, rendition), count in list(self.daemon.store.conversions.items()):
             quality = str(rendition.quality) if rendition.format is PixelFormat.JPEG else ""
@@ -56,6 +127,8 @@ class FramebusCollector(Collector):
         yield on_demand
         if self.http_stats is not None:
             yield from self._http(*self.http_stats())
+        if self.requests is not None:
+            yield from self._requests(self.requests)
 
     @staticmethod
     def _http(open_now: int, refused: int, evicted: int, timed_out: int) -> Iterator[Metric]:
@@ -69,20 +142,52 @@ class FramebusCollector(Collector):
         closed.add_metric(["timeout"], timed_out)
         yield closed
 
+    @staticmethod
+    def _requests(stats: HttpRequestStats) -> Iterator[Metric]:
+        requests = CounterMetricFamily("framebus_http_requests",
+                                       "HTTP requests answered, by route template, method and "
+                                       "status", labels=["route", "method", "status"])
+        for (route, method, status), count in sorted(stats.requests.items()):
+            requests.add_metric([route, method, str(status)], count)
+        yield requests
+        durations = HistogramMetricFamily("framebus_http_request_duration_seconds",
+                                          "From the complete request to its answer being ready",
+                                          labels=["route"])
+        for route in stats.routes:
+            cumulative, buckets = 0, []
+            for bound, count in zip([*HTTP_BUCKETS_S, float("inf")], stats.durations[route],
+                                    strict=True):
+                cumulative += count
+                buckets.append((_bound(bound), cumulative))
+            durations.add_metric([route], buckets, stats.duration_sums[route])
+        yield durations
+
     def _cameras(self) -> Iterator[Metric]:
         labels = ["camera"]
         decoded = CounterMetricFamily("framebus_camera_frames_decoded",
                                       "Frames decoded", labels=labels)
         errors = CounterMetricFamily("framebus_camera_decode_errors",
                                      "Packets that failed to decode", labels=labels)
+        packets = CounterMetricFamily("framebus_camera_packets",
+                                      "Packets demuxed from the camera's stream", labels=labels)
+        input_bytes = CounterMetricFamily("framebus_camera_input_bytes",
+                                          "Bytes of the packets demuxed (the compressed stream)",
+                                          labels=labels)
         reconnects = CounterMetricFamily("framebus_camera_reconnects",
                                          "Reconnects by reason", labels=["camera", "reason"])
         state = GaugeMetricFamily("framebus_camera_state",
                                   "1 for the camera's current state", labels=["camera", "state"])
+        idle = GaugeMetricFamily("framebus_camera_idle",
+                                 "1 while streaming but decoding keyframes only, nobody "
+                                 "wanting its frames (idle_decode: keyframes)", labels=labels)
         age = GaugeMetricFamily("framebus_camera_frame_age_seconds",
-                                "Age of the newest decoded frame", labels=labels)
+                                "Age of the newest decoded frame; +Inf before the first",
+                                labels=labels)
         fps = GaugeMetricFamily("framebus_camera_fps", "Decoded frames per second (smoothed)",
                                 labels=labels)
+        declared = GaugeMetricFamily("framebus_camera_declared_fps",
+                                     "The frame rate the stream declares; 0 if none",
+                                     labels=labels)
         width = GaugeMetricFamily("framebus_camera_width_pixels", "Frame width", labels=labels)
         height = GaugeMetricFamily("framebus_camera_height_pixels", "Frame height",
                                    labels=labels)
@@ -92,20 +197,29 @@ class FramebusCollector(Collector):
             stats = camera.stats
             decoded.add_metric([name], stats.frames_decoded)
             errors.add_metric([name], stats.decode_errors)
-            for reason, count in list(stats.reconnects.items()):
-                reconnects.add_metric([name, reason], count)
+            packets.add_metric([name], stats.packets)
+            input_bytes.add_metric([name], stats.input_bytes)
+            counted = dict(stats.reconnects)
+            for reason in dict.fromkeys([*RECONNECT_REASONS, *counted]):
+                reconnects.add_metric([name, reason], counted.get(reason, 0))
             for candidate in CameraState:
                 state.add_metric([name, candidate.value], float(camera.state is candidate))
-            if stats.last_frame_mono:
-                age.add_metric([name], now - stats.last_frame_mono)
+            idle.add_metric([name], float(camera.idle))
+            last = stats.last_frame_mono
+            age.add_metric([name], now - last if last else float("inf"))
             fps.add_metric([name], stats.fps)
+            declared.add_metric([name], stats.declared_fps)
             width.add_metric([name], stats.width)
             height.add_metric([name], stats.height)
             info.add_metric([name, stats.codec or "unknown"], 1)
-        yield from (decoded, errors, reconnects, state, age, fps, width, height, info)
+        yield from (decoded, errors, packets, input_bytes, reconnects, state, idle, age, fps,
+                    declared, width, height, info)
 
     def _subscribers(self) -> Iterator[Metric]:
         labels = ["subscriber", "camera"]
+        offered = CounterMetricFamily("framebus_subscriber_frames_offered",
+                                      "Frames of its camera the subscriber was due: sent + "
+                                      "dropped + at most 2 in flight", labels=labels)
         sent = CounterMetricFamily("framebus_subscriber_frames_sent",
                                    "Frames fully written to the FIFO", labels=labels)
         dropped = CounterMetricFamily("framebus_subscriber_frames_dropped",
@@ -135,9 +249,11 @@ class FramebusCollector(Collector):
         for name, sub in list(self.daemon.fanout.subscribers.items()):
             key = [name, sub.spec.camera]
             stats = sub.outbox.stats
+            offered.add_metric(key, stats.offered)
             sent.add_metric(key, stats.sent)
-            for reason, count in list(stats.dropped.items()):
-                dropped.add_metric([*key, reason], count)
+            drops = dict(stats.dropped)
+            for reason in dict.fromkeys([*DROP_REASONS, *drops]):
+                dropped.add_metric([*key, reason], drops.get(reason, 0))
             sent_bytes.add_metric(key, stats.bytes_sent)
             connected.add_metric(key, float(sub.connected))
             disconnects.add_metric(key, sub.disconnects)
@@ -152,11 +268,11 @@ class FramebusCollector(Collector):
                 segment = state.segment if state is not None else None
                 pinned.add_metric(key, sub.pinned_slots)
                 segment_bytes.add_metric(key, segment.size if segment is not None else 0)
-                for reason in ("no_space", "permission", "error", "no_free_slot"):
+                for reason in SHM_FAILURE_REASONS:
                     count = state.failures[reason] if state is not None else 0
                     failures.add_metric([*key, reason], count)
-        yield from (sent, dropped, sent_bytes, connected, disconnects, latency, info, pinned,
-                    segment_bytes, failures)
+        yield from (offered, sent, dropped, sent_bytes, connected, disconnects, latency, info,
+                    pinned, segment_bytes, failures)
 
 
 def _bound(value: float) -> str:
@@ -164,12 +280,14 @@ def _bound(value: float) -> str:
 
 
 def build_registry(daemon: DaemonView,
-                   http_stats: Callable[[], tuple[int, int, int, int]] | None = None
-                   ) -> CollectorRegistry:
-    """A registry of framebus's own: its collector plus the process metrics."""
+                   http_stats: Callable[[], tuple[int, int, int, int]] | None = None,
+                   requests: HttpRequestStats | None = None) -> CollectorRegistry:
+    """A registry of framebus's own: its collector plus the standard process_* and
+    python_info series (no framebus_ prefix: they are what every exporter calls them)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FramebusCollector(daemon, http_stats))
-    ProcessCollector(namespace="framebus", registry=registry)
+    registry.register(FramebusCollector(daemon, http_stats, requests))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
     return registry
 
 

@@ -147,7 +147,6 @@ def live() -> Iterator[Live]:
     ) as server:
         fifo_dir = Path(tmp) / "fifos"
         fifo_dir.mkdir()
-        (fifo_dir / "broken.fifo").write_text("a regular file: the daemon refuses to use it")
         config = parse_config({
             "fifo_dir": str(fifo_dir),
             # 320x240 is 76800 pixels: under max_pixels, which a 400x300 request is over
@@ -159,9 +158,15 @@ def live() -> Iterator[Live]:
             "http": {"listen": "127.0.0.1:0", "wait_timeout": "1s", "workers": 2,
                      "max_subscriptions": 2, "max_connections": 4, "body_timeout": "1s"},
         })
-        daemon = Daemon(config, {"cam": None})
+        # "broken" would stop the start (a configured FIFO that cannot be made): add it the
+        # way a reload does, so its error shows in the API
+        running = config.model_copy(update={"subscribers": {
+            n: s for n, s in config.subscribers.items() if n != "broken"}})
+        daemon = Daemon(running, {"cam": None})
         daemon.start()
         try:
+            (fifo_dir / "broken.fifo").write_text("a regular file: the daemon refuses to use it")
+            daemon.reconcile(config, {"cam": None})
             assert daemon.control is not None
             host, _, port = daemon.control.address.rpartition(":")
             yield Live(daemon, host, int(port), fifo_dir)

@@ -380,3 +380,13 @@ def test_a_lavfi_source_streams(tmp_path: Path) -> None:
                  "frames from the lavfi source")
         frame = running.store.latest("gen")
         assert frame is not None and (frame.width, frame.height) == (160, 120)
+
+
+def test_a_request_target_that_is_no_url_is_a_400(daemon: Daemon) -> None:
+    api = ApiClient(daemon)
+    with socket.create_connection((api.host, api.port), timeout=10) as conn:
+        conn.sendall(b"GET http://[x/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and b'"bad_request"' in answer, answer

@@ -167,8 +167,6 @@ class Soak:
             if not series.startswith("framebus_") or not (
                     "_total" in series or "_bucket" in series or "_count" in series):
                 continue
-            if "framebus_process_" in series:
-                continue
             number = float(text)
             if number < self.metrics.get(series, 0.0):
                 self.problems.append(f"{series} went back: {self.metrics[series]} -> {number}")
