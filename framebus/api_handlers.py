@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from framebus.api import ApiError, Reply, json_reply, validation_detail
-from framebus.camera import CameraState, redact_url
+from framebus.camera import CameraState
 from framebus.config import FifoPath, PixelFormatName, SubscriberConfig, parse_mode
 from framebus.errors import FifoError
 from framebus.fifo import FifoRefused, NoReader, check_allowed_path, open_requested_fifo
 from framebus.imaging import convert, encode_image
 from framebus.store import Rendition, StoredFrame
+from framebus.urls import redact_url
 from framebus.wire import PixelFormat
 
 if TYPE_CHECKING:

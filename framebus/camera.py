@@ -13,7 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
 import random
 import threading
@@ -22,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 import av.error
@@ -30,8 +29,10 @@ from av.codec.hwaccel import HWAccel
 from pydantic import SecretStr
 
 from framebus.backoff import Backoff, BackoffPolicy
-from framebus.config import CameraConfig, looks_secret
+from framebus.config import CameraConfig
+from framebus.failures import describe_error, failure_reason, unresolvable
 from framebus.store import LatestFrameStore, StoredFrame
+from framebus.urls import redact_url, url_with_credentials
 from framebus.wire import CaptureSource
 
 log = logging.getLogger("framebus.camera")
@@ -61,40 +62,6 @@ class _TooLarge(_Unsupported):
     """The stream declares more pixels than the camera's ``max_pixels``."""
 
 
-# Why a camera (re)connected: the ``reason`` label of framebus_camera_reconnects_total. Stable:
-# dashboards and alerts name them. A failed attempt counts once, under the first that applies.
-RECONNECT_REASONS = (
-    "stalled",      # streaming, then no frame for stall_timeout (the watchdog restarted it)
-    "hung",         # an open or read did not return in time (the watchdog abandoned it)
-    "eof",          # the stream ended
-    "auth_failed",  # 401: wrong or missing credentials
-    "unsupported",  # opened, but no video stream or no decoder for it
-    "too_large",    # the stream declares more than max_pixels
-    "not_found",    # 404 (no such RTSP mount / HTTP path) or no such file
-    "refused",      # connection refused (nothing listens on the port)
-    "timeout",      # no answer within open_timeout, or a socket timeout (ETIMEDOUT)
-    "protocol",     # the server answered, but not usably: invalid data, another 4xx/5xx status
-    "error",        # anything else (DNS, unreachable network, reset, ...)
-)
-
-
-def failure_reason(exc: BaseException, timed_out: bool = False) -> str:
-    """The reconnect reason for an exception of an open or read that is not 401 or one of ours:
-    ``timed_out`` says the attempt failed after PyAV's timeout had run out (FFmpeg's RTSP
-    demuxer reports an interrupted open as invalid data)."""
-    code = getattr(exc, "errno", None)
-    if isinstance(exc, av.error.HTTPNotFoundError | FileNotFoundError) or code == errno.ENOENT:
-        return "not_found"
-    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
-        return "refused"
-    if timed_out or isinstance(exc, TimeoutError | av.error.ExitError) or code == errno.ETIMEDOUT:
-        return "timeout"
-    if isinstance(exc, av.error.InvalidDataError | av.error.HTTPError | av.error.HTTPClientError
-                  | av.error.PatchWelcomeError):
-        return "protocol"
-    return "error"
-
-
 @dataclass
 class CameraStats:
     """Plain counters the decoder thread increments; metrics read them at scrape time."""
@@ -122,40 +89,6 @@ class CameraStats:
         ):
             return 0.0
         return 1.0 / self.frame_interval
-
-
-def redact_url(url: str) -> str:
-    """The URL without user information, and with credential-like query values (password=,
-    token= ...) replaced by REDACTED: the form every log line and API answer shows."""
-    parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        host = parts.hostname or ""
-        parts = parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host)
-    if parts.query:
-        parts = parts._replace(query="&".join(
-            f"{part.split('=', 1)[0]}=REDACTED" if looks_secret(part.split("=", 1)[0]) else part
-            for part in parts.query.split("&")))
-    return urlunsplit(parts)
-
-
-def url_with_credentials(url: str, username: str | None, password: SecretStr | None) -> str:
-    """The URL to hand to FFmpeg (never to a log)."""
-    if username is None:
-        return url
-    parts = urlsplit(url)
-    userinfo = quote(username, safe="")
-    if password is not None:
-        userinfo += ":" + quote(password.get_secret_value(), safe="")
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
-
-
-def describe_error(exc: BaseException) -> str:
-    """A reason safe to log: FFmpeg's errno text without the filename (which has the URL)."""
-    if isinstance(exc, av.error.FFmpegError):
-        return f"{type(exc).__name__}: {exc.strerror}"
-    if isinstance(exc, OSError):
-        return f"{type(exc).__name__}: {exc.strerror}"
-    return type(exc).__name__
 
 
 class Camera:
@@ -298,7 +231,8 @@ class Camera:
         except Exception as exc:  # every other FFmpeg/OS failure: back off and retry
             timed_out = not opened and time.monotonic() - opening >= cfg.open_timeout
             self.stats.reconnects[failure_reason(exc, timed_out)] += 1
-            return self._fail(generation, CameraState.BACKOFF, describe_error(exc))
+            return self._fail(generation, CameraState.BACKOFF,
+                              unresolvable(self.config.url, exc) or describe_error(exc))
         finally:
             if container is not None:
                 container.close()

@@ -37,7 +37,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 import framebus
-from framebus.camera import RECONNECT_REASONS, CameraState
+from framebus.camera import CameraState
+from framebus.failures import RECONNECT_REASONS
 from framebus.fanout import LATENCY_BUCKETS_S
 from framebus.outbox import RATE_LIMIT, READER_GONE, SHUTDOWN, SLOW_READER, SUPERSEDED
 from framebus.wire import PixelFormat

@@ -222,3 +222,23 @@ def test_a_source_without_video_is_unsupported_and_retried_slowly(tmp_path: Path
         wait_for(lambda: mic.state is CameraState.UNSUPPORTED, 20, "unsupported")
         assert mic.reason == "no video stream"
         assert mic.stats.reconnects["unsupported"] == 1  # waits auth_failure (1 s) to retry
+
+
+def test_a_host_that_does_not_resolve_is_named_not_an_io_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """FFmpeg says "Input/output error" for a mistyped host; the camera's reason says what it
+    is. (The lookup is faked: tests use no DNS.)"""
+    import errno
+    import socket
+
+    from framebus.failures import unresolvable
+
+    def no_such_host(host: str, *_: object) -> object:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    eio = OSError(errno.EIO, "Input/output error")
+    assert unresolvable("rtsp://camra1:554/x", eio) == (
+        "cannot resolve host 'camra1': Name or service not known")
+    assert unresolvable("rtsp://camra1/x", ConnectionRefusedError(errno.ECONNREFUSED, "x")) is None
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *_: [])
+    assert unresolvable("rtsp://resolves/x", eio) is None  # then it is some other I/O error

@@ -194,7 +194,7 @@ def test_credentials_in_the_url_query_are_refused_without_echo(query: str) -> No
 
 
 def test_urls_are_shown_with_credential_query_values_redacted() -> None:
-    from framebus.camera import redact_url
+    from framebus.urls import redact_url
 
     assert redact_url("rtsp://u:p@h:554/x?channel=1&password=hunter2") == (
         "rtsp://h:554/x?channel=1&password=REDACTED")

@@ -29,8 +29,8 @@ from rtspserver import Mount, RtspServer
 from waiting import wait_for
 
 import framebus
-from framebus.camera import RECONNECT_REASONS, failure_reason
 from framebus.daemon import Daemon
+from framebus.failures import RECONNECT_REASONS, failure_reason
 from framebus.metrics import DROP_REASONS, SHM_FAILURE_REASONS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
