@@ -36,7 +36,10 @@ from types import TracebackType
 from typing import TypeVar
 
 from framebus.apiclient import post_json
+from framebus.errors import FifoError
 from framebus.reading import Frame, SubscriberCore, SubscriberStats, Wait
+
+DEFAULT_REQUEST_DIR = "/run/framebus-requests"  # systemd/framebus.tmpfiles makes it
 
 __all__ = ["Frame", "FrameRequestError", "Subscriber", "SubscriberStats", "request_frame"]
 T = TypeVar("T")
@@ -122,14 +125,20 @@ def request_frame(
 ) -> Frame:
     """The newest frame of ``camera``, now, through a private FIFO.
 
-    Makes a FIFO in ``fifo_dir`` (default ``$FRAMEBUS_FIFO_DIR`` or ``/run/framebus``; it must
-    be one of the daemon's allowed directories), opens it for reading without blocking, asks
+    Makes a FIFO in ``fifo_dir`` (default ``$FRAMEBUS_FIFO_DIR`` or ``/run/framebus-requests``,
+    the directory systemd/framebus.tmpfiles makes for this; it must be one of the daemon's
+    ``http.allowed_fifo_dirs``), opens it for reading without blocking, asks
     the daemon over HTTP to write the newest frame into it, reads that one message, and
     removes the FIFO. Raises FrameRequestError with the daemon's reason on refusal.
     """
-    directory = Path(fifo_dir or os.environ.get("FRAMEBUS_FIFO_DIR", "/run/framebus"))
+    directory = Path(fifo_dir or os.environ.get("FRAMEBUS_FIFO_DIR", DEFAULT_REQUEST_DIR))
     path = directory / f"request-{os.getpid()}-{secrets.token_hex(6)}.fifo"
-    os.mkfifo(path, 0o620)
+    try:
+        os.mkfifo(path, 0o620)
+    except OSError as exc:
+        raise FifoError(f"cannot make a request FIFO in {directory}: {exc.strerror} (give "
+                        "fifo_dir= or set $FRAMEBUS_FIFO_DIR to a directory you may write that "
+                        "is in the daemon's http.allowed_fifo_dirs)") from None
     os.chmod(path, 0o620)  # the daemon (group) may write, only we read: whatever the umask
     try:
         # The daemon bounds its side by ``timeout`` (the wait for a first frame, then the
