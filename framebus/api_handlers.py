@@ -135,7 +135,7 @@ class Handlers:
         stats = camera.stats
         latest = self.daemon.store.latest(name)
         subscribers = sorted(s.spec.name for s in self.daemon.fanout.subscribers.values()
-                             if s.spec.camera == name)
+                             if name in s.spec.all_cameras)
         return {
             "name": name, "url": redact_url(camera.config.url), "state": camera.state.value,
             "reason": camera.reason, "fps": round(stats.fps, 2),
@@ -324,11 +324,9 @@ class Handlers:
             request = SubscriptionRequest.model_validate(body)
         except ValidationError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", validation_detail(exc)) from None
-        camera = self.daemon.config.cameras.get(request.camera)
-        if camera is None:
-            raise ApiError(HTTPStatus.NOT_FOUND, "unknown_camera",
-                           f"no camera named {request.camera!r}")
-        self._check_size(request.camera, request.width, request.height)
+        cameras = request.names(self.daemon.config.cameras)
+        for name in cameras:
+            self._check_size(name, request.width, request.height)  # 404 for an unknown one
         if request.name in self.daemon.config.subscribers or request.name in self.daemon.dynamic:
             raise _exists(request.name)  # before the path: its default FIFO is in use
         limit = self.daemon.config.http.max_subscriptions
@@ -340,12 +338,14 @@ class Handlers:
         rendition = Rendition(PixelFormat.from_name(config.format), config.width,
                               config.height, config.quality)
         store = self.daemon.store
-        if not store.is_wanted_rendition(request.camera, rendition) and (
-                store.renditions_of(request.camera) >= camera.max_renditions):
-            raise ApiError(HTTPStatus.CONFLICT, "too_many_renditions",
-                           f"camera {request.camera!r} already converts to "
-                           f"{camera.max_renditions} renditions (max_renditions): use one of "
-                           "the existing format and size combinations")
+        for name in cameras:
+            limit = self.daemon.config.cameras[name].max_renditions
+            if not store.is_wanted_rendition(name, rendition) and (
+                    store.renditions_of(name) >= limit):
+                raise ApiError(HTTPStatus.CONFLICT, "too_many_renditions",
+                               f"camera {name!r} already converts to {limit} renditions "
+                               "(max_renditions): use one of the existing format and size "
+                               "combinations")
         path = config.fifo or self.daemon.config.fifo_dir / f"{request.name}.fifo"
         try:
             check_allowed_path(path, self.daemon.allowed_fifo_dirs())

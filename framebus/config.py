@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -169,9 +170,11 @@ PixelFormatName = Literal["bgr24", "rgb24", "gray", "yuv420p", "nv12", "jpeg"]
 
 
 class SubscriberConfig(_Strict):
-    """One long-lived subscriber: which camera, in which rendition, through which FIFO."""
+    """One long-lived subscriber: which camera (or cameras, interleaved in one FIFO), in which
+    rendition, through which FIFO."""
 
-    camera: str
+    camera: str | None = None
+    cameras: list[str] | Literal["*"] | None = None  # "*": every configured camera
     format: PixelFormatName = "bgr24"
     quality: int = Field(85, ge=1, le=100)  # jpeg only
     width: int | None = Field(None, ge=1, le=32768)  # one side given keeps the aspect ratio
@@ -183,6 +186,28 @@ class SubscriberConfig(_Strict):
     group: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
     # shm: pixels go through a shared-memory segment beside the FIFO, headers through the FIFO
     transport: Literal["fifo", "shm"] = "fifo"
+
+    @model_validator(mode="after")
+    def _one_camera_source(self) -> SubscriberConfig:
+        if (self.camera is None) == (self.cameras is None):
+            raise ValueError("give camera (one) or cameras (a list, or \"*\" for all), "
+                             "not both or neither")
+        if isinstance(self.cameras, list):
+            if not self.cameras:
+                raise ValueError("cameras: expected at least one camera")
+            if len(set(self.cameras)) != len(self.cameras):
+                raise ValueError("cameras: a camera is listed twice")
+        if self.cameras is not None and self.transport == "shm":
+            raise ValueError("transport shm carries one camera per subscriber: use camera")
+        return self
+
+    def names(self, configured: Iterable[str]) -> tuple[str, ...]:
+        """The cameras this subscriber reads, given the configured ones (for "*")."""
+        if self.camera is not None:
+            return (self.camera,)
+        if self.cameras == "*":
+            return tuple(sorted(configured))
+        return tuple(self.cameras or ())
 
     @model_validator(mode="after")
     def _shm_carries_raw_frames(self) -> SubscriberConfig:
@@ -244,8 +269,10 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _subscribers_name_known_cameras(self) -> Config:
         for name, sub in self.subscribers.items():
-            if sub.camera not in self.cameras:
-                raise ValueError(f"subscribers.{name}.camera: unknown camera {sub.camera!r}")
+            key = "camera" if sub.camera is not None else "cameras"
+            for camera in sub.names(self.cameras):
+                if camera not in self.cameras:
+                    raise ValueError(f"subscribers.{name}.{key}: unknown camera {camera!r}")
         return self
 
     def fifo_path(self, name: str) -> Path:

@@ -205,7 +205,9 @@ class Daemon:
     def _spec(self, config: Config, name: str, sub: SubscriberConfig) -> SubscriberSpec:
         rendition = Rendition(PixelFormat.from_name(sub.format), sub.width, sub.height,
                               sub.quality)
-        return SubscriberSpec(name=name, camera=sub.camera, rendition=rendition,
+        names = sub.names(config.cameras)
+        return SubscriberSpec(name=name, camera=names[0], rendition=rendition,
+                              cameras=names if sub.cameras is not None else (),
                               path=sub.fifo or config.fifo_dir / f"{name}.fifo",
                               max_fps=sub.max_fps, pipe_size=sub.pipe_size, mode=sub.mode,
                               group=sub.group, transport=sub.transport)
@@ -234,7 +236,8 @@ class Daemon:
             if running is not None:
                 self.cameras.remove(name)
             self.cameras.add(Camera(name, camera_config, passwords.get(name), self.store))
-        for name in [n for n, s in self.dynamic.items() if s.camera not in config.cameras]:
+        for name in [n for n, s in self.dynamic.items()
+                     if any(c not in config.cameras for c in s.names(config.cameras))]:
             log.warning("subscription %s: its camera is gone; removed", name)
             del self.dynamic[name]
         merged = {**self.dynamic, **config.subscribers}  # a configured name wins

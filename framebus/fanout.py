@@ -105,7 +105,8 @@ class FanoutLoop:
     def add(self, spec: SubscriberSpec) -> None:
         """Create the FIFO (FifoError if the path is unsafe) and start serving it."""
         ensure_fifo(spec.path, spec.mode, spec.group)
-        self.store.want(spec.camera, spec.rendition)
+        for camera in spec.all_cameras:
+            self.store.want(camera, spec.rendition)
         if spec.shm_key is not None:
             self.exporter.want(spec.shm_key)
         self.call(functools.partial(self._add, Subscriber(spec)))
@@ -218,7 +219,8 @@ class FanoutLoop:
         payload = frame.renditions.get(sub.spec.rendition)
         if payload is None:
             return  # made before this subscriber registered its rendition: skip, never convert
-        if frame.seq <= sub.last_offered_seq:
+        last = sub.last_offered.get(frame.camera, 0)
+        if frame.seq <= last:
             return
         if sub.shm_key is None:
             outgoing = fifo_outgoing(frame, payload)
@@ -230,8 +232,8 @@ class FanoutLoop:
             if found is None:
                 return  # no segment (the error says why) or the frame is already gone
             outgoing = found
-        superseded = frame.seq - sub.last_offered_seq - 1 if sub.last_offered_seq else 0
-        sub.last_offered_seq = frame.seq
+        superseded = frame.seq - last - 1 if last else 0
+        sub.last_offered[frame.camera] = frame.seq
         sub.outbox.offer(outgoing, now, superseded)
         self._flush(sub)
 
@@ -318,9 +320,10 @@ class FanoutLoop:
             self._epoll.register(fd, 0)
             log.info("subscriber %s: reader connected (pipe %d bytes)", sub.spec.name,
                      sub.pipe_size, extra={"SUBSCRIBER": sub.spec.name})
-            frame = self.store.latest(sub.spec.camera)
-            if frame is not None:
-                self._offer(sub, frame, now)  # a new reader starts with the newest frame
+            for camera in sub.spec.all_cameras:  # a new reader starts with the newest frames
+                frame = self.store.latest(camera)
+                if frame is not None:
+                    self._offer(sub, frame, now)
 
     def _reader_left(self, sub: Subscriber) -> None:
         # the reader closed its end, so it holds nothing any more; close ours first (a
@@ -332,7 +335,7 @@ class FanoutLoop:
         if sub.retiring:  # a removed or one-shot subscriber: nothing to reconnect
             return
         sub.outbox.reader_gone()
-        sub.last_offered_seq = 0
+        sub.last_offered = {}
         sub.disconnects += 1
         sub.next_open_ns = 0  # the next reader may already be waiting
         log.info("subscriber %s: reader left", sub.spec.name, extra={"SUBSCRIBER": sub.spec.name})
@@ -357,7 +360,8 @@ class FanoutLoop:
         if old is not None:  # changed options: keep the reader connected through the change
             self._remove(old.spec.name, keep_open=old.spec.path == sub.spec.path)
         self.subscribers[sub.spec.name] = sub
-        self._by_camera.setdefault(sub.spec.camera, []).append(sub)
+        for camera in sub.spec.all_cameras:
+            self._by_camera.setdefault(camera, []).append(sub)
         self._adopt(sub)
 
     def _adopt(self, sub: Subscriber) -> None:
@@ -391,8 +395,9 @@ class FanoutLoop:
         sub = self.subscribers.pop(name, None)
         if sub is None:
             return
-        self._by_camera[sub.spec.camera].remove(sub)
-        self.store.unwant(sub.spec.camera, sub.spec.rendition)
+        for camera in sub.spec.all_cameras:
+            self._by_camera[camera].remove(sub)
+            self.store.unwant(camera, sub.spec.rendition)
         if sub.shm_key is not None:
             self.exporter.unwant(sub.shm_key)
         sub.outbox.drop_pending()

@@ -40,7 +40,7 @@ import framebus
 from framebus.camera import CameraState
 from framebus.failures import RECONNECT_REASONS
 from framebus.fanout import LATENCY_BUCKETS_S
-from framebus.outbox import RATE_LIMIT, READER_GONE, SHUTDOWN, SLOW_READER, SUPERSEDED
+from framebus.outbox import RATE_LIMIT, READER_GONE, SHUTDOWN, SLOW_READER, SUPERSEDED, OutboxStats
 from framebus.wire import PixelFormat
 
 if TYPE_CHECKING:
@@ -248,14 +248,18 @@ class FramebusCollector(Collector):
                                        "failed, by reason", labels=[*labels, "reason"])
         exporter = self.daemon.fanout.exporter
         for name, sub in list(self.daemon.fanout.subscribers.items()):
-            key = [name, sub.spec.camera]
-            stats = sub.outbox.stats
-            offered.add_metric(key, stats.offered)
-            sent.add_metric(key, stats.sent)
-            drops = dict(stats.dropped)
-            for reason in dict.fromkeys([*DROP_REASONS, *drops]):
-                dropped.add_metric([*key, reason], drops.get(reason, 0))
-            sent_bytes.add_metric(key, stats.bytes_sent)
+            # frame counts per camera (a multi-camera FIFO has one series each); what belongs
+            # to the FIFO itself is labelled with its cameras joined: "a,b"
+            key = [name, ",".join(sub.spec.all_cameras)]
+            per_camera = sub.outbox.stream_stats
+            for camera in sub.spec.all_cameras:
+                stats = per_camera.get(camera) or OutboxStats()
+                offered.add_metric([name, camera], stats.offered)
+                sent.add_metric([name, camera], stats.sent)
+                drops = dict(stats.dropped)
+                for reason in dict.fromkeys([*DROP_REASONS, *drops]):
+                    dropped.add_metric([name, camera, reason], drops.get(reason, 0))
+                sent_bytes.add_metric([name, camera], stats.bytes_sent)
             connected.add_metric(key, float(sub.connected))
             disconnects.add_metric(key, sub.disconnects)
             counts, cumulative, buckets = list(sub.latency.counts), 0, []

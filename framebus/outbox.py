@@ -1,20 +1,28 @@
-"""Per-subscriber send state, as pure code: one in-flight message and one pending slot.
+"""Per-subscriber send state, as pure code: one in-flight message and one pending slot per
+stream (camera: a subscriber may carry several, PROTOCOL.md section 2).
 
 No file descriptors, no clocks: the fan-out loop passes the time in and does the writing.
 
 Invariants:
 
-* A subscriber holds at most two frames: the one being written (possibly partly) and the
-  newest one waiting. Memory does not grow with the reader's slowness.
+* A subscriber holds at most 1 + S frames for S streams: the one being written (possibly
+  partly) and the newest one waiting per stream. Memory does not grow with the reader's
+  slowness.
+* Streams are served fairly: pending frames go out in the order their streams began to
+  wait, and a newer frame replaces its stream's pending one in place, so a 25 fps camera
+  never starves a 5 fps one (between two frames of a stream, every other waiting stream gets
+  one).
 * A message, once its first byte is written, is finished before anything else is written:
   ``chunks()`` always continues the in-flight message. Drops only happen at frame boundaries.
-* Accounting is exact: ``offered == sent + dropped + in_flight`` where ``in_flight`` counts
-  the in-flight and pending frames (0, 1 or 2). Dropped frames have a reason:
+* Accounting is exact, in total and per stream (``stream_stats``): ``offered == sent +
+  dropped + in_flight`` where ``in_flight`` counts the in-flight and pending frames. Dropped
+  frames have a reason:
   ``slow_reader`` (replaced in the pending slot), ``rate_limit`` (skipped for ``max_fps``),
   ``reader_gone`` (lost when the reader left), ``shutdown`` (not begun before stopping) or
   ``superseded`` (replaced in the store before the loop could offer it).
 * ``missed`` in each sent header is the number of frames of the camera since the previous
-  sent one, so the gaps a reader sees in ``seq`` equal the drops counted here.
+  sent one of the same camera, so the gaps a reader sees in each camera's ``seq`` equal the
+  drops counted here for that stream.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ class Outgoing(Generic[T]):
     seq: int
     token: T
     encode: Callable[[int], list[memoryview]]  # missed -> [header, *payload buffers]
+    stream: str = ""  # the camera: seq, missed, pending slot and rate limit are per stream
 
 
 @dataclass
@@ -84,18 +93,20 @@ class Outbox(Generic[T]):
     def __init__(self, max_fps: float | None = None,
                  release: Callable[[T], None] | None = None) -> None:
         self.stats = OutboxStats()
+        self.stream_stats: dict[str, OutboxStats] = {}
         self.release = release
-        self._limiter = RateLimiter(max_fps)
+        self._max_fps = max_fps
+        self._limiters: dict[str, RateLimiter] = {}
         self._chunks: list[memoryview] = []  # the rest of the in-flight message
         self._in_flight: Outgoing[T] | None = None
-        self._pending: Outgoing[T] | None = None
-        self._last_seq: int | None = None  # seq of the last message begun
+        self._pending: dict[str, Outgoing[T]] = {}  # per stream, in the order they began waiting
+        self._last_seq: dict[str, int] = {}  # per stream: seq of the last message begun
         self.last_completed: T | None = None  # the frame whose last byte was just written
 
     @property
     def has_bytes(self) -> bool:
         """True while there is something to write (the loop wants EPOLLOUT exactly then)."""
-        return bool(self._chunks) or self._pending is not None
+        return bool(self._chunks) or bool(self._pending)
 
     @property
     def mid_message(self) -> bool:
@@ -104,49 +115,68 @@ class Outbox(Generic[T]):
 
     @property
     def in_flight(self) -> int:
-        """Frames held: in flight plus pending (0..2)."""
-        return (self._in_flight is not None) + (self._pending is not None)
+        """Frames held: in flight plus pending (0 .. 1 + streams)."""
+        return (self._in_flight is not None) + len(self._pending)
 
     def held(self) -> list[T]:
-        """The frames this outbox keeps alive (at most two)."""
-        return [o.token for o in (self._in_flight, self._pending) if o is not None]
+        """The frames this outbox keeps alive."""
+        held = [] if self._in_flight is None else [self._in_flight.token]
+        return held + [o.token for o in self._pending.values()]
+
+    def _count(self, stream: str, reason: str | None = None, offered: int = 0,
+               dropped: int = 1) -> None:
+        for stats in (self.stats, self.stream_stats.setdefault(stream, OutboxStats())):
+            stats.offered += offered
+            if reason is not None:
+                stats.dropped[reason] += dropped
 
     def offer(self, outgoing: Outgoing[T], now_ns: int, superseded: int = 0) -> None:
-        """A new frame for this subscriber; newest wins over an unsent pending one.
+        """A new frame for this subscriber; newest wins over its stream's unsent pending one.
 
         ``superseded`` frames of the camera came and went before this one could be offered:
         they count as offered and dropped, so drops always equal the reader's seq gaps.
         """
-        self.stats.offered += 1 + superseded
+        stream = outgoing.stream
+        self._count(stream, offered=1 + superseded)
         if superseded:
-            self.stats.dropped[SUPERSEDED] += superseded
-        if not self._limiter.admit(now_ns):
-            self.stats.dropped[RATE_LIMIT] += 1
+            self._count(stream, SUPERSEDED, dropped=superseded)
+        limiter = self._limiters.get(stream)
+        if limiter is None:
+            limiter = self._limiters[stream] = RateLimiter(self._max_fps)
+        if not limiter.admit(now_ns):
+            self._count(stream, RATE_LIMIT)
             self._let_go(outgoing)
             return
-        if self._pending is not None:
-            self.stats.dropped[SLOW_READER] += 1
-            self._let_go(self._pending)
-        self._pending = outgoing
+        replaced = self._pending.get(stream)
+        if replaced is not None:
+            self._count(stream, SLOW_READER)
+            self._let_go(replaced)
+        self._pending[stream] = outgoing  # a replaced one keeps its stream's place in line
 
     def _let_go(self, outgoing: Outgoing[T] | None) -> None:
         if outgoing is not None and self.release is not None:
             self.release(outgoing.token)
 
     def chunks(self) -> list[memoryview]:
-        """The bytes to write next: the rest of the in-flight message, or the next one begun."""
-        if not self._chunks and self._pending is not None:
-            outgoing, self._pending = self._pending, None
-            missed = 0 if self._last_seq is None else max(0, outgoing.seq - self._last_seq - 1)
+        """The bytes to write next: the rest of the in-flight message, or the next one begun
+        (the stream that has waited longest)."""
+        if not self._chunks and self._pending:
+            stream = next(iter(self._pending))
+            outgoing = self._pending.pop(stream)
+            last = self._last_seq.get(stream)
+            missed = 0 if last is None else max(0, outgoing.seq - last - 1)
             self._chunks = outgoing.encode(missed)
             self._in_flight = outgoing
-            self._last_seq = outgoing.seq
+            self._last_seq[stream] = outgoing.seq
         return self._chunks
 
     def wrote(self, count: int) -> bool:
         """``count`` bytes of ``chunks()`` were written; True when the message completed."""
         chunks = self._chunks
-        self.stats.bytes_sent += count
+        if self._in_flight is not None:
+            self.stats.bytes_sent += count
+            self.stream_stats.setdefault(self._in_flight.stream, OutboxStats()).bytes_sent += (
+                count)
         while count and chunks:
             head = chunks[0]
             if count >= len(head):
@@ -157,27 +187,33 @@ class Outbox(Generic[T]):
                 count = 0
         if chunks or self._in_flight is None:
             return False
-        self.last_completed = self._in_flight.token
-        self._in_flight = None
+        done, self._in_flight = self._in_flight, None
+        self.last_completed = done.token
         self.stats.sent += 1
+        self.stream_stats.setdefault(done.stream, OutboxStats()).sent += 1
         return True
 
     def reader_gone(self) -> None:
         """The reader left: whatever was in flight or pending is lost; the next reader starts
-        at a message boundary with the newest frame."""
-        self.stats.dropped[READER_GONE] += self.in_flight
-        self._let_go(self._in_flight)
-        self._let_go(self._pending)
-        self._chunks, self._in_flight, self._pending = [], None, None
-        self._last_seq = None
+        at a message boundary with the newest frames."""
+        for outgoing in self._holding():
+            self._count(outgoing.stream, READER_GONE)
+            self._let_go(outgoing)
+        self._chunks, self._in_flight, self._pending = [], None, {}
+        self._last_seq.clear()
+
+    def _holding(self) -> list[Outgoing[T]]:
+        return ([] if self._in_flight is None else [self._in_flight]) + list(
+            self._pending.values())
 
     def retarget(self, max_fps: float | None) -> None:
         """The subscriber's options changed: new frames follow the new rate limit."""
-        self._limiter = RateLimiter(max_fps)
+        self._max_fps = max_fps
+        self._limiters.clear()
 
     def drop_pending(self) -> None:
-        """Shutting down: forget the frame not yet begun (the in-flight one still finishes)."""
-        if self._pending is not None:
-            self._let_go(self._pending)
-            self._pending = None
-            self.stats.dropped[SHUTDOWN] += 1
+        """Shutting down: forget the frames not yet begun (the in-flight one still finishes)."""
+        for outgoing in self._pending.values():
+            self._let_go(outgoing)
+            self._count(outgoing.stream, SHUTDOWN)
+        self._pending = {}

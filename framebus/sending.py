@@ -31,7 +31,7 @@ class SubscriberSpec:
     """What a subscriber wants and where it reads."""
 
     name: str
-    camera: str
+    camera: str  # the first (or only) camera
     rendition: Rendition
     path: Path
     max_fps: float | None = None
@@ -39,6 +39,12 @@ class SubscriberSpec:
     mode: int = 0o660
     group: str | None = None
     transport: str = "fifo"
+    cameras: tuple[str, ...] = ()  # a multi-camera subscriber's cameras (camera is the first)
+
+    @property
+    def all_cameras(self) -> tuple[str, ...]:
+        """Every camera whose frames go into this subscriber's FIFO."""
+        return self.cameras or (self.camera,)
 
     @property
     def shm_key(self) -> ShmKey | None:
@@ -120,7 +126,7 @@ def release(token: Token) -> None:
 def fifo_outgoing(frame: StoredFrame, payload: Payload) -> Outgoing[Token]:
     """A FIFO message of ``payload``."""
     sending = Sending(frame.header_for(payload), payload)
-    return Outgoing(frame.seq, sending, sending.encode)
+    return Outgoing(frame.seq, sending, sending.encode, frame.camera)
 
 
 def shm_outgoing(frame: StoredFrame, payload: Payload, shm: ShmFrame) -> Outgoing[Token] | None:
@@ -131,7 +137,7 @@ def shm_outgoing(frame: StoredFrame, payload: Payload, shm: ShmFrame) -> Outgoin
     if shm.header is None:  # built once per frame and rendition, shared by its subscribers
         shm.header = _with_shm(frame.header_for(payload), shm)
     sending = ShmSending(shm.header, shm)
-    return Outgoing(frame.seq, sending, sending.encode)
+    return Outgoing(frame.seq, sending, sending.encode, frame.camera)
 
 
 def _with_shm(header: FrameHeader, shm: ShmFrame) -> FrameHeader:
@@ -154,7 +160,7 @@ class Subscriber:
         self.latency = LatencyHistogram()
         self.next_open_ns = 0
         self.error = ""
-        self.last_offered_seq = 0  # 0: nothing offered to the current reader yet
+        self.last_offered: dict[str, int] = {}  # per camera; absent: nothing offered yet
         self.retiring = False  # removed: finish the in-flight message, then close
         self.retire_deadline_ns = 0
         self.on_closed: Callable[[bool], None] | None = None  # one-shot: called with "complete"

@@ -51,7 +51,8 @@ def render(data: dict[str, Any], out: TextIO) -> None:
              "ERROR")]
     for sub in data["subscriptions"]:
         dropped = sum(sub.get("dropped", {}).values())
-        subs.append((sub["name"], sub["camera"], sub["transport"], sub["format"],
+        camera = sub["camera"] or ",".join(sub["cameras"] or [])
+        subs.append((sub["name"], camera, sub["transport"], sub["format"],
                      "yes" if sub["connected"] else "no", str(sub.get("frames_sent", 0)),
                      str(dropped), sub.get("error") or ""))
     _table(subs, out)

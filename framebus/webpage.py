@@ -198,7 +198,8 @@ function renderSubscribers(list) {
       : s.width ? s.width + " wide" : s.height ? s.height + " high" : "native size";
     const dropped = Object.entries(s.dropped || {}).filter(([, n]) => n > 0);
     const connected = s.connected ? "connected" : "no reader";
-    const cells = [s.name, s.camera, s.transport, s.format + ", " + size, connected,
+    const camera = s.camera || (s.cameras || []).join(", ");
+    const cells = [s.name, camera, s.transport, s.format + ", " + size, connected,
       s.frames_sent === undefined ? "\u2014" : s.frames_sent,
       dropped.length ? dropped.map(([why, n]) => why + " " + n).join(", ") : "0",
       s.error || ""];

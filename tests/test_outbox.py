@@ -115,3 +115,60 @@ def test_rate_limited_frames_count_as_drops() -> None:
     for seq in range(1, 11):
         outbox.offer(outgoing(seq), seq * 100_000_000)  # 10 frames in 1 s
     assert outbox.stats.dropped[RATE_LIMIT] == 9
+
+
+def on(stream: str, seq: int) -> Outgoing[int]:
+    return Outgoing(seq, seq, lambda missed: [memoryview(f"{stream}{seq}/{missed};".encode())],
+                    stream)
+
+
+def drain_one(outbox: Outbox[int]) -> str:
+    chunks = outbox.chunks()
+    text = b"".join(bytes(c) for c in chunks).decode()
+    assert outbox.wrote(sum(len(c) for c in chunks))
+    return text
+
+
+def test_streams_are_served_in_turn_and_a_fast_one_never_starves_a_slow_one() -> None:
+    outbox: Outbox[int] = Outbox()
+    outbox.offer(on("fast", 1), 0)
+    outbox.offer(on("slow", 1), 0)
+    for seq in range(2, 6):  # the fast camera keeps replacing its own pending frame ...
+        outbox.offer(on("fast", seq), 0)
+    # ... in place: it was first in line, then the slow one gets its turn
+    assert [drain_one(outbox) for _ in range(2)] == ["fast5/0;", "slow1/0;"]
+    outbox.offer(on("fast", 6), 0)
+    outbox.offer(on("slow", 3), 0)  # slow seq 2 came and went for another subscriber
+    assert [drain_one(outbox) for _ in range(2)] == ["fast6/0;", "slow3/1;"]  # missed per camera
+    assert outbox.stream_stats["fast"].dropped[SLOW_READER] == 4  # fast 1..4, replaced
+    assert outbox.stream_stats["slow"].dropped == {}
+    assert (outbox.stream_stats["fast"].sent, outbox.stream_stats["slow"].sent) == (2, 2)
+    assert outbox.stats.sent == 4 and outbox.stats.offered == 8
+
+
+@settings(max_examples=200)
+@given(ops=st.lists(st.tuples(st.sampled_from(["a", "b", "c", "write", "gone"]),
+                              st.integers(1, 3)), max_size=80))
+def test_per_stream_accounting_is_exact_and_holds_at_most_one_per_stream(
+        ops: list[tuple[str, int]]) -> None:
+    outbox: Outbox[int] = Outbox()
+    seqs = {"a": 0, "b": 0, "c": 0}
+    for op, count in ops:
+        if op == "write":
+            for _ in range(count):
+                if outbox.chunks():
+                    drain_one(outbox)
+        elif op == "gone":
+            outbox.reader_gone()
+        else:
+            for _ in range(count):
+                seqs[op] += 1
+                outbox.offer(on(op, seqs[op]), 0)
+        assert outbox.in_flight <= 1 + len(seqs)
+        pending = {o: 0 for o in seqs}
+        for token_stream in outbox._pending:
+            pending[token_stream] += 1
+        for stream, stats in outbox.stream_stats.items():
+            assert stats.offered == stats.sent + sum(stats.dropped.values()) + pending[stream]
+    total = outbox.stats
+    assert total.offered == total.sent + sum(total.dropped.values()) + outbox.in_flight
