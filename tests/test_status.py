@@ -82,3 +82,17 @@ def test_healthz_names_the_cameras_that_do_not_stream(daemon: Daemon) -> None:
     assert status == 200
     assert body["status"] == "degraded" and body["cameras"] == 2 and body["streaming"] == 1
     assert set(body["not_streaming"]) == {"dark"}
+
+
+def test_a_taken_http_address_is_named_and_the_daemon_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = tmp_path / "framebus.yaml"
+        config.write_text(f"fifo_dir: {tmp_path / 'fifos'}\nhttp:\n  listen: 127.0.0.1:{port}\n")
+        ran = subprocess.run([sys.executable, "-m", "framebus", "run", "-c", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1, ran.stderr
+    assert f"http.listen 127.0.0.1:{port}: Address already in use" in ran.stderr
+    assert "Traceback" not in ran.stderr
