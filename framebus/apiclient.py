@@ -43,16 +43,17 @@ def unreachable(where: str, exc: OSError) -> DaemonUnreachable:
                              "running? see http.listen / http.unix_socket)")
 
 
-def request_json(method: str, url: str, unix_socket: str | None, path: str,
-                 body: dict[str, object] | None, token: str | None, timeout: float
-                 ) -> tuple[int, dict[str, object]]:
-    """One JSON request over TCP or a Unix socket; returns (status, decoded JSON body).
-    Without ``token``, over TCP, uses ``default_token()`` (the socket needs none)."""
-    headers = {"Content-Type": "application/json"} if body is not None else {}
+def request(method: str, url: str, unix_socket: str | None, path: str, body: bytes | None,
+            token: str | None, timeout: float, headers: dict[str, str] | None = None
+            ) -> tuple[int, bytes]:
+    """One request over TCP or a Unix socket; returns (status, body bytes). Without ``token``,
+    over TCP, uses ``default_token()`` (the socket needs none); an unreachable daemon is a
+    DaemonUnreachable naming the URL or socket."""
+    sent = dict(headers or {})
     if token is None and unix_socket is None:
         token = default_token()
     if token:
-        headers["Authorization"] = f"Bearer {token}"
+        sent["Authorization"] = f"Bearer {token}"
     connection: http.client.HTTPConnection
     if unix_socket is not None:
         connection, where = UnixHTTPConnection(unix_socket, timeout), f"unix socket {unix_socket}"
@@ -62,19 +63,27 @@ def request_json(method: str, url: str, unix_socket: str | None, path: str,
                                                 parts.port or 8470, timeout=timeout)
         where = url
     try:
-        connection.request(method, path, None if body is None else json.dumps(body).encode(),
-                           headers)
+        connection.request(method, path, body, sent)
         response = connection.getresponse()
-        data = response.read()
+        return response.status, response.read()
     except UNREACHABLE as exc:
         raise unreachable(where, exc) from None
     finally:
         connection.close()
+
+
+def request_json(method: str, url: str, unix_socket: str | None, path: str,
+                 body: dict[str, object] | None, token: str | None, timeout: float
+                 ) -> tuple[int, dict[str, object]]:
+    """One JSON request (see ``request``); returns (status, decoded JSON body)."""
+    status, data = request(method, url, unix_socket, path,
+                           None if body is None else json.dumps(body).encode(), token, timeout,
+                           {"Content-Type": "application/json"} if body is not None else None)
     try:
         decoded = json.loads(data or b"{}")
     except ValueError:
         decoded = {"error": "bad_response", "detail": data[:200].decode("utf-8", "replace")}
-    return response.status, decoded if isinstance(decoded, dict) else {}
+    return status, decoded if isinstance(decoded, dict) else {}
 
 
 def post_json(url: str, unix_socket: str | None, path: str, body: dict[str, object],
