@@ -99,6 +99,7 @@ class Outbox(Generic[T]):
         self._limiters: dict[str, RateLimiter] = {}
         self._chunks: list[memoryview] = []  # the rest of the in-flight message
         self._in_flight: Outgoing[T] | None = None
+        self._in_flight_stats = self.stats  # its stream's counters (set when it is begun)
         self._pending: dict[str, Outgoing[T]] = {}  # per stream, in the order they began waiting
         self._last_seq: dict[str, int] = {}  # per stream: seq of the last message begun
         self.last_completed: T | None = None  # the frame whose last byte was just written
@@ -123,9 +124,15 @@ class Outbox(Generic[T]):
         held = [] if self._in_flight is None else [self._in_flight.token]
         return held + [o.token for o in self._pending.values()]
 
+    def _stats_of(self, stream: str) -> OutboxStats:
+        stats = self.stream_stats.get(stream)
+        if stats is None:  # not setdefault: that would build a new OutboxStats every call
+            stats = self.stream_stats[stream] = OutboxStats()
+        return stats
+
     def _count(self, stream: str, reason: str | None = None, offered: int = 0,
                dropped: int = 1) -> None:
-        for stats in (self.stats, self.stream_stats.setdefault(stream, OutboxStats())):
+        for stats in (self.stats, self._stats_of(stream)):
             stats.offered += offered
             if reason is not None:
                 stats.dropped[reason] += dropped
@@ -166,7 +173,7 @@ class Outbox(Generic[T]):
             last = self._last_seq.get(stream)
             missed = 0 if last is None else max(0, outgoing.seq - last - 1)
             self._chunks = outgoing.encode(missed)
-            self._in_flight = outgoing
+            self._in_flight, self._in_flight_stats = outgoing, self._stats_of(stream)
             self._last_seq[stream] = outgoing.seq
         return self._chunks
 
@@ -175,8 +182,7 @@ class Outbox(Generic[T]):
         chunks = self._chunks
         if self._in_flight is not None:
             self.stats.bytes_sent += count
-            self.stream_stats.setdefault(self._in_flight.stream, OutboxStats()).bytes_sent += (
-                count)
+            self._in_flight_stats.bytes_sent += count
         while count and chunks:
             head = chunks[0]
             if count >= len(head):
@@ -190,7 +196,7 @@ class Outbox(Generic[T]):
         done, self._in_flight = self._in_flight, None
         self.last_completed = done.token
         self.stats.sent += 1
-        self.stream_stats.setdefault(done.stream, OutboxStats()).sent += 1
+        self._in_flight_stats.sent += 1
         return True
 
     def reader_gone(self) -> None:
