@@ -230,14 +230,13 @@ class LatestFrameStore:
         if found is not None:
             return found
         with self._render_lock:
-            if rendition in self._wanted.get(stored.camera, Counter()):
+            if self.is_wanted_rendition(stored.camera, rendition):
                 return self._render_into(stored, rendition)
             found = stored.renditions.get(rendition)
             if found is None:
                 found, converted = render(stored.frame, rendition)
                 self.on_demand[stored.camera] += converted
-                wanted = len(self._wanted.get(stored.camera, ()))
-                if len(stored.renditions) < wanted + ON_DEMAND_KEPT:
+                if len(stored.renditions) < self.renditions_of(stored.camera) + ON_DEMAND_KEPT:
                     stored.renditions[rendition] = found
             return found
 
