@@ -95,8 +95,8 @@ def _route_paths(pattern: str) -> tuple[list[str], dict[str, str]]:
 
 
 @dataclass
-class Live:
-    """A running daemon and how to reach it."""
+class Running:
+    """A daemon in this process and how to reach it (its token included)."""
 
     daemon: Daemon
     host: str
@@ -107,6 +107,11 @@ class Live:
     def token(self) -> str:
         assert self.daemon.http_token is not None  # generated at start when none is configured
         return self.daemon.http_token.get_secret_value()
+
+
+@dataclass
+class Live(Running):
+    """The OpenAPI tests' daemon: requests with the token, raw heads."""
 
     def request(self, method: str, target: str, body: object = None, raw: bytes | None = None,
                 headers: dict[str, str] | None = None, token: bool = True

@@ -19,11 +19,10 @@ from pathlib import Path
 import av
 import pytest
 from fanoutkit import running_daemon
-from openapikit import SPEC, _check, _response
+from openapikit import SPEC, Running, _check, _response
 from pydantic import SecretStr
 from waiting import wait_for
 
-from framebus.daemon import Daemon
 from framebus.web import BOUNDARY, COOKIE, SESSION_S, LiveViews, session_value
 
 CAMERA = {"url": "lavfi:testsrc2=size=320x240:rate=25,realtime", "idle_decode": "all"}
@@ -33,16 +32,8 @@ WEB_SOURCE = Path(__file__).resolve().parent.parent / "framebus" / "web.py"
 
 
 @dataclass
-class Site:
-    daemon: Daemon
-    host: str
-    port: int
-    fifo_dir: Path
-
-    @property
-    def token(self) -> str:
-        assert self.daemon.http_token is not None
-        return self.daemon.http_token.get_secret_value()
+class Site(Running):
+    """The web tests' daemon: its live views and plain requests (headers as given)."""
 
     @property
     def live(self) -> LiveViews:
