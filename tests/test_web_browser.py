@@ -27,6 +27,7 @@ from framebus.daemon import Daemon
 from framebus.demo import DEMO_MOUNTS, DEMO_SUBSCRIBERS
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (a dev extra) is missing")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -75,7 +76,9 @@ class Page:
         return str(self.card(name).find_element(By.CSS_SELECTOR, ".state").text)
 
     def wait(self, condition: Any, what: str, timeout: float = WAIT_S) -> Any:
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(
+        # an element the page replaced between find and read is stale: look again
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(
             lambda _driver: condition(), message=f"waiting for {what}")
 
 
@@ -130,9 +133,11 @@ def test_the_page_shows_every_camera_and_its_state(page: Page) -> None:
     assert "1280\u00d7720" in lobby and "h264" in lobby
     page.wait(lambda: "connected" in page.driver.find_element(By.ID, "subscribers").text,
               "a subscriber's reader")
-    rows = page.driver.find_elements(By.CSS_SELECTOR, "#subscribers tbody tr")
-    assert [row.find_element(By.CSS_SELECTOR, "td").text for row in rows] == [
-        "lobby-bgr24", "yard-gray"]
+    # the table's rows are rebuilt every second, so read their first cells in one script
+    # (atomic in the page's event loop) rather than element by element
+    assert page.driver.execute_script(
+        'return Array.from(document.querySelectorAll("#subscribers tbody tr td:first-child"),'
+        ' (cell) => cell.textContent)') == ["lobby-bgr24", "yard-gray"]
     # the session cookie is HttpOnly: no script on the page can read it
     assert "framebus_session" not in page.driver.execute_script("return document.cookie")
 
