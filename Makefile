@@ -31,8 +31,8 @@ soak: setup
 	$(PY) tests/reliability.py && exit $$status
 
 lint: setup
-	$(VENV)/bin/ruff check framebus tests
-	$(VENV)/bin/mypy framebus
+	$(VENV)/bin/ruff check framebus tests bench
+	$(VENV)/bin/mypy framebus bench
 
 # docs/status-page.png, the README's picture of the status page (headless Chromium)
 screenshot: setup

@@ -71,7 +71,8 @@ class EagerPublisher:
         seq = self.seq
         for sub in self.loop.subscribers.values():
             held = 0 if sub.ledger is not None else 1  # shm: nothing may wait in the outbox
-            if sub.connected and sub.last_offered_seq >= seq and sub.outbox.in_flight <= held:
+            taken = sub.last_offered.get(self.camera, 0) >= seq
+            if sub.connected and taken and sub.outbox.in_flight <= held:
                 self._ready.set()
                 return
 
