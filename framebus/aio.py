@@ -8,7 +8,7 @@
         frame = await sub.read(timeout=1)   # TimeoutError when nothing came in time
 
 :class:`AsyncSubscriber` is :class:`framebus.client.Subscriber` with its waits handed to the
-event loop: the same non-blocking FIFO descriptor, the same :class:`~framebus.wire.FrameReader`
+event loop: the same non-blocking FIFO descriptor, the same :class:`~framebus.framing.FrameReader`
 and shm mappings, the same :class:`~framebus.client.Frame` objects (a frame's ``array`` and
 ``payload`` are valid until the next read), the same statistics, and the same behaviour at
 EOF (``reopen``), on a message cut short, and while no writer has come (every 0.5 s it checks

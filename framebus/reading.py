@@ -17,11 +17,11 @@ from typing import TypeVar
 import numpy as np
 
 from framebus.errors import FifoError, ProtocolError
+from framebus.framing import FrameReader
 from framebus.shm import SegmentMaps
 from framebus.wire import (
     DEFAULT_MAX_PAYLOAD_LEN,
     FrameHeader,
-    FrameReader,
     PixelFormat,
     Plane,
     PlaneShape,

@@ -10,7 +10,7 @@ begun a later message (``HoldLedger``), or, once the daemon ended the stream its
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from framebus.exporter import ShmKey
@@ -18,7 +18,7 @@ from framebus.outbox import Outbox, Outgoing
 from framebus.shm import ShmFrame
 from framebus.slots import HoldLedger
 from framebus.store import Payload, Rendition, StoredFrame
-from framebus.wire import FrameHeader, encode_header
+from framebus.wire import EncodedHeader
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 SHM_PIPE_SIZE = 4096  # one page: the pipe is "full" with one message, so EPOLLOUT means drained
@@ -72,17 +72,17 @@ class LatencyHistogram:
 
 @dataclass(frozen=True, slots=True)
 class _Message:
-    header: FrameHeader
+    encoded: EncodedHeader  # shared by every subscriber of the frame's rendition
 
     @property
     def seq(self) -> int:
         """The frame's sequence number."""
-        return self.header.seq
+        return self.encoded.header.seq
 
     @property
     def publish_mono_ns(self) -> int:
         """When the frame was published (for the latency histogram)."""
-        return self.header.publish_mono_ns
+        return self.encoded.header.publish_mono_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +95,7 @@ class Sending(_Message):
 
     def encode(self, missed: int) -> list[memoryview]:
         """[header bytes, *payload buffers] for writev, with this subscriber's ``missed``."""
-        header = encode_header(self.header, self.payload.nbytes, missed)
-        return [memoryview(header), *self.payload.buffers]
+        return [memoryview(self.encoded.with_missed(missed)), *self.payload.buffers]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +106,7 @@ class ShmSending(_Message):
 
     def encode(self, missed: int) -> list[memoryview]:
         """The header only; the payload is already in the slot."""
-        return [memoryview(encode_header(self.header, 0, missed))]
+        return [memoryview(self.encoded.with_missed(missed))]
 
     def unpin(self) -> None:
         """Let the slot go."""
@@ -125,7 +124,7 @@ def release(token: Token) -> None:
 
 def fifo_outgoing(frame: StoredFrame, payload: Payload) -> Outgoing[Token]:
     """A FIFO message of ``payload``."""
-    sending = Sending(frame.header_for(payload), payload)
+    sending = Sending(frame.encoded_for(payload), payload)
     return Outgoing(frame.seq, sending, sending.encode, frame.camera)
 
 
@@ -134,16 +133,10 @@ def shm_outgoing(frame: StoredFrame, payload: Payload, shm: ShmFrame) -> Outgoin
     (the frame was replaced and every earlier holder let go)."""
     if not shm.segment.pool.pin(shm.ref):
         return None
-    if shm.header is None:  # built once per frame and rendition, shared by its subscribers
-        shm.header = _with_shm(frame.header_for(payload), shm)
-    sending = ShmSending(shm.header, shm)
+    if shm.encoded is None:  # built once per frame and rendition, shared by its subscribers
+        shm.encoded = EncodedHeader(replace(frame.header(payload), shm=shm.location), 0)
+    sending = ShmSending(shm.encoded, shm)
     return Outgoing(frame.seq, sending, sending.encode, frame.camera)
-
-
-def _with_shm(header: FrameHeader, shm: ShmFrame) -> FrameHeader:
-    from dataclasses import replace
-
-    return replace(header, shm=shm.location)
 
 
 class Subscriber:

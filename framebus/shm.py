@@ -41,7 +41,7 @@ import numpy as np
 
 from framebus.errors import FramebusError, ProtocolError
 from framebus.slots import SlotPool, SlotRef
-from framebus.wire import SHM_ALIGN, FrameHeader, ShmLocation
+from framebus.wire import SHM_ALIGN, EncodedHeader, FrameHeader, ShmLocation
 
 if TYPE_CHECKING:
     from framebus.store import Payload
@@ -191,7 +191,7 @@ class ShmFrame:
     segment: Segment
     ref: SlotRef
     location: ShmLocation
-    header: FrameHeader | None = None
+    encoded: EncodedHeader | None = None
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import av
 
 from framebus.imaging import convert, encode_image
-from framebus.wire import CaptureSource, Flags, FrameHeader, PixelFormat, Plane
+from framebus.wire import CaptureSource, EncodedHeader, Flags, FrameHeader, PixelFormat, Plane
 
 if TYPE_CHECKING:
     from framebus.exporter import ShmExporter, ShmKey
@@ -107,7 +107,7 @@ class StoredFrame:
     publish_mono_ns: int = 0
     renditions: dict[Rendition, Payload] = field(default_factory=dict)
     shm: dict[ShmKey, ShmFrame] = field(default_factory=dict)  # copies in shared memory
-    _headers: dict[int, FrameHeader] = field(default_factory=dict)
+    _encoded: dict[int, EncodedHeader] = field(default_factory=dict)
 
     @property
     def width(self) -> int:
@@ -119,11 +119,13 @@ class StoredFrame:
         """Native height of the decoded frame."""
         return int(self.frame.height)
 
-    def header_for(self, payload: Payload) -> FrameHeader:
-        """``header(payload)``, built once per payload and shared by its subscribers."""
-        found = self._headers.get(id(payload))
+    def encoded_for(self, payload: Payload) -> EncodedHeader:
+        """The FIFO message header of ``payload``, built and encoded once per payload and
+        shared by its subscribers (each gets it with its own ``missed``)."""
+        found = self._encoded.get(id(payload))
         if found is None:
-            found = self._headers[id(payload)] = self.header(payload)
+            found = self._encoded[id(payload)] = EncodedHeader(self.header(payload),
+                                                               payload.nbytes)
         return found
 
     def header(self, payload: Payload) -> FrameHeader:

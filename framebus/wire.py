@@ -14,13 +14,7 @@ Revision 1.1 appends four fields (header_len 224) that locate the payload in a s
 segment instead of the stream; such messages set ``Flags.SHM`` and carry ``payload_len == 0``,
 so a 1.0 reader rejects them (rule H8) rather than reading garbage.
 
-Invariants of :class:`FrameReader`:
-
-* It never allocates more than ``max_header_len`` + ``max_payload_len`` for one message, and it
-  checks both lengths (and the plane layout) *before* allocating the payload buffer.
-* It yields a message only when every byte of it has arrived: a reader never sees half a frame.
-* Bytes after a message stay buffered for the next one; at EOF, a partial message is a
-  :class:`ProtocolError` ("truncated"), never a short frame.
+The incremental stream reader built on this codec is :class:`framebus.framing.FrameReader`.
 """
 
 from __future__ import annotations
@@ -28,8 +22,8 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-from enum import IntEnum, IntFlag
-from typing import Final
+from enum import IntFlag
+from typing import Any, Final
 
 from framebus.errors import ProtocolError
 
@@ -170,6 +164,30 @@ def encode_header(header: FrameHeader, payload_len: int, missed: int | None = No
     return PREFIX.pack(MAGIC, VERSION, len(body), payload_len) + body
 
 
+# where ``missed`` sits in an encoded message: after the prefix, camera, seq and epoch
+_MISSED_AT: Final = PREFIX_LEN + 64 + 8 + 8
+_MISSED: Final = struct.Struct("<Q")
+
+
+class EncodedHeader:
+    """A message's prefix and header, encoded and validated once for every subscriber of a
+    frame's rendition: only ``missed`` differs between them, patched into a copy."""
+
+    __slots__ = ("data", "header")
+
+    def __init__(self, header: FrameHeader, payload_len: int) -> None:
+        self.header = header
+        self.data = encode_header(header, payload_len, 0)
+
+    def with_missed(self, missed: int) -> bytes | bytearray:
+        """The bytes to send to a subscriber that missed ``missed`` frames before this one."""
+        if not missed:
+            return self.data  # the common case: shared, no copy
+        patched = bytearray(self.data)
+        _MISSED.pack_into(patched, _MISSED_AT, missed)
+        return patched
+
+
 def encode_message(header: FrameHeader, payload: bytes | memoryview) -> bytes:
     """A whole message as one bytes object (convenient for tests; the daemon uses writev)."""
     return encode_header(header, len(payload)) + bytes(payload)
@@ -195,11 +213,74 @@ def decode_prefix(
     return header_len, payload_len
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a header's shape fields decode to, once they have passed validation."""
+
+    camera: str
+    format: PixelFormat
+    source: CaptureSource
+    flags: Flags
+    planes: tuple[Plane, ...]
+    segment: str  # shm segment name, "" for a FIFO message
+
+
+# shape key -> its validated decoding; owned by one reader (see framebus.framing.FrameReader)
+ShapeCache = dict[tuple[object, ...], _Shape]
+SHAPES_KEPT: Final = 64  # a few per camera (keyframe or not) of a multi-camera stream
+_SHM_BIT: Final = int(Flags.SHM)
+
+
 def decode_header(data: bytes | bytearray | memoryview, payload_len: int,
-                  max_payload_len: int = DEFAULT_MAX_PAYLOAD_LEN) -> FrameHeader:
+                  max_payload_len: int = DEFAULT_MAX_PAYLOAD_LEN,
+                  shapes: ShapeCache | None = None) -> FrameHeader:
     """Parse and validate a header of ``len(data)`` bytes (fields past revision 1.1's are
-    ignored, as the spec requires; 1.1's shm fields are read only when the SHM flag is set)."""
+    ignored, as the spec requires; 1.1's shm fields are read only when the SHM flag is set).
+
+    With ``shapes``, a header whose shape fields (everything but seq, epoch, missed, times and
+    the shm offset and token) equal those of one validated before is decoded from that
+    result; only the per-message rules run again. Any failure takes the full validation, so
+    errors are the same with or without the cache.
+    """
     fields = HEADER_V1.unpack_from(data)
+    if shapes is not None:
+        shm_fields = None
+        if fields[11] & _SHM_BIT and len(data) >= HEADER_SHM_LEN:
+            shm_fields = SHM_FIELDS.unpack_from(data, HEADER_V1_LEN)
+        key = (fields[0], fields[9:], payload_len, max_payload_len,
+               None if shm_fields is None else (shm_fields[0], shm_fields[2]))
+        shape = shapes.get(key)
+        if shape is not None and (shm_fields is None or _offset_and_token_valid(shm_fields)):
+            shm = None if shm_fields is None else ShmLocation(shape.segment, *shm_fields[1:])
+            return _header(fields, shape, shm)
+        header = _decode_header(fields, data, payload_len, max_payload_len)
+        if len(shapes) >= SHAPES_KEPT:
+            shapes.clear()
+        shapes[key] = _Shape(header.camera, header.format, header.capture_source, header.flags,
+                             header.planes, "" if header.shm is None else header.shm.segment)
+        return header
+    return _decode_header(fields, data, payload_len, max_payload_len)
+
+
+def _offset_and_token_valid(shm_fields: tuple[bytes, int, int, int]) -> bool:
+    """The rules of ``_check_shm`` that differ per message (the rest are the shape's)."""
+    offset, token = shm_fields[1], shm_fields[3]
+    return offset >= SHM_ALIGN and not offset % SHM_ALIGN and token != 0
+
+
+def _header(fields: tuple[Any, ...], shape: _Shape, shm: ShmLocation | None) -> FrameHeader:
+    seq, epoch, missed, pts, tb_num, tb_den, capture_ns, publish_ns = fields[1:9]
+    return FrameHeader(
+        camera=shape.camera, seq=seq, format=shape.format, width=fields[14], height=fields[15],
+        planes=shape.planes, epoch=epoch, missed=missed, pts=None if pts == NO_PTS else pts,
+        time_base=(tb_num, tb_den), capture_time_ns=capture_ns, capture_source=shape.source,
+        publish_mono_ns=publish_ns, flags=shape.flags, shm=shm,
+    )
+
+
+def _decode_header(fields: tuple[Any, ...], data: bytes | bytearray | memoryview,
+                   payload_len: int, max_payload_len: int) -> FrameHeader:
+    """The full validation: every rule of PROTOCOL.md for the header."""
     (raw_name, seq, epoch, missed, pts, tb_num, tb_den, capture_ns, publish_ns,
      fmt_code, source_code, flags, plane_count, _reserved, width, height) = fields[:16]
     words = fields[16:]
@@ -283,118 +364,3 @@ def _check_layout(
         end = plane.offset + plane.stride * (shape.rows - 1) + shape.row_bytes
         if end > payload_len:
             raise ProtocolError(f"plane {index} ends at byte {end}, past payload {payload_len}")
-
-
-class _Stage(IntEnum):
-    PREFIX = 0
-    HEADER = 1
-    PAYLOAD = 2
-
-
-class FrameReader:
-    """Incremental reader: give it bytes in any chunking, take whole messages out.
-
-    Two ways in, one state machine:
-
-    * ``feed(data)`` then ``next_message()`` until it returns None (h11 style);
-    * zero copy: write straight into ``writable()`` (e.g. with ``os.readv``), then
-      ``commit(n)`` and ``next_message()``.
-
-    With ``reuse_buffer=True`` every payload is a view into one buffer that the next message
-    overwrites (the buffer is replaced, not resized, when a larger message arrives, so older
-    views stay valid memory); otherwise each message gets a buffer of its own.
-    """
-
-    def __init__(
-        self,
-        max_header_len: int = DEFAULT_MAX_HEADER_LEN,
-        max_payload_len: int = DEFAULT_MAX_PAYLOAD_LEN,
-        reuse_buffer: bool = False,
-    ) -> None:
-        self.max_header_len = max_header_len
-        self.max_payload_len = max_payload_len
-        self.reuse_buffer = reuse_buffer
-        self._pending = bytearray()  # fed but not yet consumed
-        self._stage = _Stage.PREFIX
-        self._prefix = bytearray(PREFIX_LEN)
-        self._header_buf = bytearray(max_header_len)
-        self._payload = bytearray()
-        self._filled = 0  # bytes of the current stage received so far
-        self._need = PREFIX_LEN  # bytes the current stage needs in total
-        self._payload_len = 0
-        self._header: FrameHeader | None = None
-        self._ready: Message | None = None
-
-    @property
-    def at_boundary(self) -> bool:
-        """True when no partial message is buffered."""
-        return self._stage is _Stage.PREFIX and self._filled == 0 and not self._pending
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Buffer bytes; parse them with ``next_message()``."""
-        self._pending += data
-
-    def writable(self) -> memoryview:
-        """Where the next bytes go: exactly the rest of the current stage (zero-copy input)."""
-        if self._pending or self._ready is not None:
-            raise RuntimeError("drain next_message() before writing into writable()")
-        return self._target()
-
-    def commit(self, count: int) -> None:
-        """Record that ``count`` bytes were written into ``writable()``."""
-        if not 0 <= count <= self._need - self._filled:
-            raise ValueError(f"commit({count}) exceeds the {self._need - self._filled} bytes asked")
-        self._filled += count
-        if self._filled == self._need:
-            self._advance()
-
-    def next_message(self) -> Message | None:
-        """The next whole message, or None when more bytes are needed."""
-        while self._ready is None and self._pending:
-            target = self._target()
-            count = min(len(target), len(self._pending))
-            target[:count] = self._pending[:count]
-            del self._pending[:count]
-            self.commit(count)
-        message, self._ready = self._ready, None
-        return message
-
-    def close(self) -> None:
-        """Declare EOF (after draining ``next_message()``): a partial message is an error."""
-        if self._ready is not None:
-            raise RuntimeError("drain next_message() before close()")
-        if not self.at_boundary:
-            raise ProtocolError(
-                f"truncated message at EOF: {self._stage.name.lower()} has "
-                f"{self._filled + len(self._pending)} of {self._need} bytes"
-            )
-
-    def _target(self) -> memoryview:
-        if self._stage is _Stage.PREFIX:
-            return memoryview(self._prefix)[self._filled : PREFIX_LEN]
-        if self._stage is _Stage.HEADER:
-            return memoryview(self._header_buf)[self._filled : self._need]
-        return memoryview(self._payload)[self._filled : self._need]
-
-    def _advance(self) -> None:
-        if self._stage is _Stage.PREFIX:
-            header_len, self._payload_len = decode_prefix(
-                self._prefix, self.max_header_len, self.max_payload_len
-            )
-            self._stage, self._filled, self._need = _Stage.HEADER, 0, header_len
-        elif self._stage is _Stage.HEADER:
-            self._header = decode_header(
-                memoryview(self._header_buf)[: self._need], self._payload_len,
-                self.max_payload_len,
-            )
-            if not self.reuse_buffer or len(self._payload) < self._payload_len:
-                self._payload = bytearray(self._payload_len)  # validated above: bounded
-            self._stage, self._filled, self._need = _Stage.PAYLOAD, 0, self._payload_len
-            if self._payload_len == 0:
-                self._advance()
-        else:
-            assert self._header is not None
-            payload = memoryview(self._payload)[: self._payload_len]
-            self._ready = Message(self._header, payload)
-            self._stage, self._filled, self._need = _Stage.PREFIX, 0, PREFIX_LEN
-            self._header = None

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from framebus.cli import main
 from framebus.errors import ProtocolError
-from framebus.wire import FrameReader, PixelFormat, ShmLocation, encode_header, encode_message
+from framebus.framing import FrameReader
+from framebus.wire import PixelFormat, ShmLocation, encode_header, encode_message
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "framebus.yaml"
 LIMIT = 1 << 20  # the reader's payload limit in these tests

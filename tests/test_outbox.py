@@ -8,8 +8,9 @@ from framegen import make_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from framebus.framing import FrameReader
 from framebus.outbox import RATE_LIMIT, SLOW_READER, Outbox, Outgoing, RateLimiter
-from framebus.wire import FrameReader, PixelFormat, encode_header
+from framebus.wire import PixelFormat, encode_header
 
 
 def encode(seq: int, missed: int) -> list[memoryview]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -10,16 +11,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from framebus.errors import ProtocolError
+from framebus.framing import FrameReader
 from framebus.wire import (
     HEADER_V1_LEN,
     MAGIC,
     PREFIX,
     PREFIX_LEN,
+    EncodedHeader,
     FrameHeader,
-    FrameReader,
     Message,
     PixelFormat,
     Plane,
+    ShmLocation,
     encode_header,
     encode_message,
 )
@@ -98,6 +101,29 @@ def test_stream_of_messages_in_random_chunks(
         got += [(m.header, bytes(m.payload)) for m in drain(reader)]
     assert got == expected
     reader.close()
+
+
+@settings(max_examples=200)
+@given(fmt=formats, width=sizes, height=sizes, missed=st.integers(0, 2**64 - 1),
+       shm=st.booleans())
+def test_an_encoded_header_patched_per_subscriber_equals_one_encoded_for_it(
+    fmt: PixelFormat, width: int, height: int, missed: int, shm: bool
+) -> None:
+    """The fan-out loop encodes a frame's header once and patches ``missed`` per subscriber:
+    byte for byte what encoding it for that subscriber would give, and the shared bytes stay
+    untouched."""
+    header, payload = make_frame(5, 9, fmt, width, height)
+    if shm and fmt.is_raw:
+        header = dataclasses.replace(header, shm=ShmLocation("fbshm-1-2", 128, len(payload), 7))
+    payload_len = 0 if header.shm else len(payload)
+    encoded = EncodedHeader(header, payload_len)
+    shared = bytes(encoded.data)
+    assert bytes(encoded.with_missed(missed)) == encode_header(header, payload_len, missed)
+    assert encoded.data == shared == encode_header(header, payload_len, 0)
+    reader = FrameReader()
+    reader.feed(bytes(encoded.with_missed(missed)) + (b"" if header.shm else payload))
+    [message] = drain(reader)
+    assert message.header.missed == missed
 
 
 @pytest.mark.parametrize("fmt", list(PixelFormat))

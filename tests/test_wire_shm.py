@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from framebus.errors import ProtocolError
+from framebus.framing import FrameReader
 from framebus.wire import (
     HEADER_SHM_LEN,
     HEADER_V1_LEN,
@@ -19,9 +20,10 @@ from framebus.wire import (
     PREFIX_LEN,
     Flags,
     FrameHeader,
-    FrameReader,
     PixelFormat,
+    ShapeCache,
     ShmLocation,
+    decode_header,
     encode_header,
 )
 
@@ -110,11 +112,51 @@ def rewrite(offset: int, fmt: str, value: int | bytes, header_len: int | None = 
         (rewrite(208, "<Q", 3), "H8: plane 0 ends at byte .* past payload 3"),
     ],
 )
-def test_each_shm_rule_raises_its_protocol_error(data: bytes, reason: str) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "after-a-valid-one"])
+def test_each_shm_rule_raises_its_protocol_error(data: bytes, reason: str, warm: bool) -> None:
+    """Also after a valid message of the same shape: the reader's shape cache never lets a
+    broken message through."""
     reader = FrameReader()
+    if warm:
+        reader.feed(encode_header(shm_header(), 0))
+        assert len(drain(reader)) == 1
     reader.feed(data)
     with pytest.raises(ProtocolError, match=reason.split(": ", 1)[1]):
         drain(reader)
+
+
+def _outcome(data: bytes, shapes: ShapeCache | None) -> FrameHeader | str:
+    header_len, payload_len = PREFIX.unpack_from(data)[2:4]
+    try:
+        return decode_header(data[PREFIX_LEN : PREFIX_LEN + header_len], payload_len,
+                             shapes=shapes)
+    except ProtocolError as exc:
+        return str(exc)
+
+
+@settings(max_examples=300)
+@given(edits=st.lists(st.tuples(st.integers(0, HEADER_SHM_LEN - 1), st.integers(0, 255),
+                                st.booleans()), min_size=1, max_size=12))
+def test_the_shape_cache_never_changes_a_result(edits: list[tuple[int, int, bool]]) -> None:
+    """A stream of valid and corrupted headers (one byte changed anywhere, shm or FIFO),
+    decoded with one shape cache throughout, gives exactly what decoding each alone gives:
+    the same header or the same error."""
+    shapes: ShapeCache = {}
+    shm_data = encode_header(shm_header(), 0)
+    fifo_header, payload = make_frame(3, 1, PixelFormat.BGR24, 7, 5)
+    fifo_data = encode_header(fifo_header, len(payload))
+    for at, value, shm in edits:
+        base = shm_data if shm else fifo_data
+        for data in (base, _set_byte(base, PREFIX_LEN + at, value)):
+            assert _outcome(data, shapes) == _outcome(data, None)
+
+
+def _set_byte(data: bytes, at: int, value: int) -> bytes:
+    if at >= len(data):
+        return data
+    changed = bytearray(data)
+    changed[at] = value
+    return bytes(changed)
 
 
 def test_encode_refuses_what_readers_would_reject() -> None:
