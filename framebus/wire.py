@@ -253,13 +253,12 @@ def decode_header(data: bytes | bytearray | memoryview, payload_len: int,
         if shape is not None and (shm_fields is None or _offset_and_token_valid(shm_fields)):
             shm = None if shm_fields is None else ShmLocation(shape.segment, *shm_fields[1:])
             return _header(fields, shape, shm)
-        header = _decode_header(fields, data, payload_len, max_payload_len)
+        shape, shm = _validate(fields, data, payload_len, max_payload_len)
         if len(shapes) >= SHAPES_KEPT:
             shapes.clear()
-        shapes[key] = _Shape(header.camera, header.format, header.capture_source, header.flags,
-                             header.planes, "" if header.shm is None else header.shm.segment)
-        return header
-    return _decode_header(fields, data, payload_len, max_payload_len)
+        shapes[key] = shape
+        return _header(fields, shape, shm)
+    return _header(fields, *_validate(fields, data, payload_len, max_payload_len))
 
 
 def _offset_and_token_valid(shm_fields: tuple[bytes, int, int, int]) -> bool:
@@ -269,6 +268,7 @@ def _offset_and_token_valid(shm_fields: tuple[bytes, int, int, int]) -> bool:
 
 
 def _header(fields: tuple[Any, ...], shape: _Shape, shm: ShmLocation | None) -> FrameHeader:
+    """A header from its validated shape and the fields that differ per message."""
     seq, epoch, missed, pts, tb_num, tb_den, capture_ns, publish_ns = fields[1:9]
     return FrameHeader(
         camera=shape.camera, seq=seq, format=shape.format, width=fields[14], height=fields[15],
@@ -278,11 +278,12 @@ def _header(fields: tuple[Any, ...], shape: _Shape, shm: ShmLocation | None) -> 
     )
 
 
-def _decode_header(fields: tuple[Any, ...], data: bytes | bytearray | memoryview,
-                   payload_len: int, max_payload_len: int) -> FrameHeader:
-    """The full validation: every rule of PROTOCOL.md for the header."""
-    (raw_name, seq, epoch, missed, pts, tb_num, tb_den, capture_ns, publish_ns,
-     fmt_code, source_code, flags, plane_count, _reserved, width, height) = fields[:16]
+def _validate(fields: tuple[Any, ...], data: bytes | bytearray | memoryview,
+              payload_len: int, max_payload_len: int) -> tuple[_Shape, ShmLocation | None]:
+    """The full validation, every rule of PROTOCOL.md for the header: its shape and, for an
+    shm message, where the payload is."""
+    raw_name = fields[0]
+    fmt_code, source_code, flags, plane_count, _reserved, width, height = fields[9:16]
     words = fields[16:]
     try:
         camera = bytes(raw_name).rstrip(b"\0").decode()
@@ -307,12 +308,9 @@ def _decode_header(fields: tuple[Any, ...], data: bytes | bytearray | memoryview
     if flags & Flags.SHM:
         shm = _decode_shm(data, payload_len, max_payload_len)
     _check_layout(fmt, width, height, planes, payload_len if shm is None else shm.length)
-    return FrameHeader(
-        camera=camera, seq=seq, format=fmt, width=width, height=height, planes=planes,
-        epoch=epoch, missed=missed, pts=None if pts == NO_PTS else pts,
-        time_base=(tb_num, tb_den), capture_time_ns=capture_ns, capture_source=source,
-        publish_mono_ns=publish_ns, flags=Flags(flags & _KNOWN_FLAGS), shm=shm,
-    )
+    shape = _Shape(camera, fmt, source, Flags(flags & _KNOWN_FLAGS), planes,
+                   "" if shm is None else shm.segment)
+    return shape, shm
 
 
 def _decode_shm(data: bytes | bytearray | memoryview, payload_len: int,
