@@ -14,6 +14,10 @@ shm: the same 8 cameras and 32 readers with ``transport="shm"`` subscribers; the
 threads copy each frame into shared memory before publishing, so the latency is the header's
 way (publish to the reader holding a view of the slot). Baseline: the bare shm loop
 (:mod:`bench.shmring`) paced at 25 fps with 4 readers, its stamp taken after the copy.
+
+shm, C readers: the shm run again with docs/examples/reader.c (``-l``) as the 32 consumers,
+informational: the daemon's share of the latency, without the Python client's per-message
+cost (:mod:`bench.creader`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import fcntl
 import os
 import threading
 import time
+from pathlib import Path
 
 from bench.common import (
     BenchResult,
@@ -39,6 +44,7 @@ from bench.common import (
     value_check,
     wait_first,
 )
+from bench.creader import CReaders, build
 from bench.shmring import BareShmWriter
 from bench.synthetic import PacedPublisher, frame_bytes, make_frames
 from framebus.fanout import FanoutLoop, SubscriberSpec
@@ -61,9 +67,10 @@ def _stats(latencies_ns: list[int]) -> dict[str, float]:
             "max": max(ms) if ms else float("nan"), "count": float(len(ms))}
 
 
-def run_framebus(ctx: Context, transport: str = "fifo",
-                 window_s: float = WINDOW_S) -> tuple[list[Samples], float, int]:
-    """8 paced cameras, 32 readers; returns the windowed samples, window length, late publishes."""
+def run_framebus(ctx: Context, transport: str = "fifo", window_s: float = WINDOW_S,
+                 c_reader: Path | None = None) -> tuple[list[Samples], float, int]:
+    """8 paced cameras, 32 readers (framebus.client, or ``c_reader`` processes); returns the
+    windowed samples, window length, late publishes."""
     frames = make_frames(WIDTH, HEIGHT)
     store = LatestFrameStore()
     loop = FanoutLoop(store)
@@ -72,7 +79,7 @@ def run_framebus(ctx: Context, transport: str = "fifo",
     for c in range(CAMERAS):
         for s in range(SUBSCRIBERS_PER_CAMERA):
             name = f"c{c}s{s}"
-            paths[name] = ctx.workdir / f"lat-{transport}-{name}.fifo"
+            paths[name] = ctx.workdir / f"lat-{transport}{'-c' if c_reader else ''}-{name}.fifo"
             loop.add(SubscriberSpec(name, f"cam{c}", rendition, paths[name],
                                     transport=transport))
     publishers = [PacedPublisher(store, f"cam{c}", frames, FPS, phase_s=c / FPS / CAMERAS)
@@ -82,6 +89,14 @@ def run_framebus(ctx: Context, transport: str = "fifo",
         loop.start()
         for publisher in publishers:
             publisher.start()
+        if c_reader is not None:
+            readers = CReaders(children, c_reader, list(paths.values()))
+            readers.wait_first(30)
+            time.sleep(WARMUP_S)
+            late0, start = sum(p.late for p in publishers), readers.lines()
+            window = measure(ctx.seconds(window_s))
+            late = sum(p.late for p in publishers) - late0
+            return readers.samples(start, readers.lines()), window.seconds, late
         recorders = [fb_reader(children, name, path) for name, path in paths.items()]
         wait_first(recorders, 30)
         time.sleep(WARMUP_S)
@@ -183,6 +198,11 @@ def run(ctx: Context) -> BenchResult:
     samples, seconds, late = run_framebus(ctx)
     bare_shm = run_bare_shm(ctx)
     shm_samples, shm_seconds, shm_late = run_framebus(ctx, "shm", SHM_WINDOW_S)
+    exe = build(ctx.workdir)
+    c_lat: list[int] = []
+    if exe is not None:  # the daemon's share: the same run with readers that cost ~nothing
+        c_samples = run_framebus(ctx, "shm", SHM_WINDOW_S, c_reader=exe)[0]
+        c_lat = [v for s in c_samples for v in s.latency]
     fb_lat = [v for s in samples for v in s.latency]
     shm_lat = [v for s in shm_samples for v in s.latency]
     bare_shm_lat = [v for s in bare_shm for v in s.latency]
@@ -197,6 +217,7 @@ def run(ctx: Context) -> BenchResult:
         ("bare FIFO (1 writer, 1 reader)", bare.latency, base),
         ("framebus shm (8 cams x 4 subs)", shm_lat, shm),
         ("bare shm loop (1 writer, 4 readers)", bare_shm_lat, base_shm),
+        *([("framebus shm, C readers (reader.c -l)", c_lat, _stats(c_lat))] if c_lat else []),
     ):
         result.table.append([name, str(len(lat)), fmt(stats["p50"], 3), fmt(stats["p99"], 3),
                              fmt(stats["max"], 3)])
@@ -214,6 +235,18 @@ def run(ctx: Context) -> BenchResult:
                               "bare shm loop max"))
     result.checks.append(info("shm, frames delivered to the 32 readers", shm_delivered * 100,
                               "%"))
+    if c_lat:
+        c_stats = _stats(c_lat)
+        result.checks.append(info("shm, C readers, p50 latency", c_stats["p50"], "ms",
+                                  base_shm["p50"], "bare shm loop p50"))
+        result.checks.append(info("shm, C readers, p99 latency", c_stats["p99"], "ms",
+                                  base_shm["p99"], "bare shm loop p99"))
+        result.notes.append("shm, C readers: the shm run again with docs/examples/reader.c "
+                            "(-l) as the 32 consumers instead of framebus.client, so the "
+                            "daemon's share of the latency shows apart from the Python "
+                            "client's; informational, the target is the client's.")
+    else:
+        result.notes.append("shm, C readers: skipped (no gcc to build docs/examples/reader.c).")
     result.details = {"framebus_ms": fb, "bare_fifo_ms": base, "delivered": delivered,
                       "late_publishes": late, "window_s": seconds,
                       "frame_bytes": WIDTH * HEIGHT * 3,

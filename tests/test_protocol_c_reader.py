@@ -306,3 +306,21 @@ def test_c_reader_enforces_its_payload_limit(reader_exe: Path, tmp_path: Path) -
     assert code == 3
     assert f"payload length {len(big[1])} over the limit of 1024" in err
     assert lines == [expected_line(small_header, len(small_payload))]
+
+
+def test_c_reader_reports_each_frames_latency(reader_exe: Path, tmp_path: Path) -> None:
+    """-l appends CLOCK_MONOTONIC now minus the header's publish time: frames stamped in the
+    past by known amounts read back as at least those amounts, and none is negative."""
+    now = time.monotonic_ns()
+    ages_ns = [5_000_000_000, 1_000_000, 0]  # 5 s, 1 ms, and "just now"
+    frames = [make_frame(21, i, PixelFormat.GRAY, 4, 2) for i in range(len(ages_ns))]
+    stamped = [(dataclasses.replace(header, publish_mono_ns=now - age), payload)
+               for (header, payload), age in zip(frames, ages_ns, strict=True)]
+    data = b"".join(encode_message(header, payload) for header, payload in stamped)
+    code, lines, err = run_reader(reader_exe, tmp_path, data, seed=22, args=["-l"])
+    assert (code, err) == (0, "")
+    elapsed = time.monotonic_ns() - now
+    for line, (header, payload), age in zip(lines, stamped, ages_ns, strict=True):
+        fields, latency = line.rsplit(" ", 1)
+        assert fields == expected_line(header, len(payload))
+        assert age <= int(latency) <= age + elapsed

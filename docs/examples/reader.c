@@ -4,7 +4,7 @@
  * shared-memory payloads (section 12).
  *
  * Build:  gcc -std=c99 -Wall -Werror -O2 -o fbus-reader reader.c
- * Usage:  fbus-reader [-c] [-r] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO
+ * Usage:  fbus-reader [-c] [-l] [-r] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO
  *
  * Opens FIFO for reading (blocking until a writer attaches), reads framebus v1 messages and
  * prints one line per frame to stdout:
@@ -46,6 +46,9 @@
  * still names the FIFO it holds (same st_dev and st_ino) and reopens it when not, so a
  * daemon restart that deletes and recreates fifo_dir never leaves it waiting on a deleted
  * inode. Once a writer is there, reads block.
+ *
+ * -l appends " LATENCY_NS" to each line: CLOCK_MONOTONIC when the frame was ready here minus
+ * the header's publish_mono_ns (same host only; after the checksum when both are given).
  *
  * -r reopens after each EOF (a daemon stop or restart) instead of exiting, unmapping every
  * segment first (a new daemon may reuse a name); -n COUNT exits 0 after COUNT frames.
@@ -618,7 +621,7 @@ int main(int argc, char **argv)
 {
     uint64_t max_payload_len = DEFAULT_MAX_PAYLOAD_LEN;
     const char *path = NULL;
-    int bad_usage = 0, checksum = 0, reopen = 0;
+    int bad_usage = 0, checksum = 0, reopen = 0, latency = 0;
     uint64_t count_limit = 0; /* 0: no limit */
 
     if (argc > 0 && argv[0][0] != '\0')
@@ -630,6 +633,8 @@ int main(int argc, char **argv)
             checksum = 1;
         else if (strcmp(argv[i], "-r") == 0)
             reopen = 1;
+        else if (strcmp(argv[i], "-l") == 0)
+            latency = 1;
         else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc)
             count_limit = parse_limit(argv[++i]);
         else if (path == NULL && argv[i][0] != '-')
@@ -638,7 +643,7 @@ int main(int argc, char **argv)
             bad_usage = 1;
     }
     if (path == NULL || bad_usage) {
-        fprintf(stderr, "usage: %s [-c] [-r] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO\n",
+        fprintf(stderr, "usage: %s [-c] [-l] [-r] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO\n",
                 program);
         return EXIT_USAGE;
     }
@@ -728,9 +733,16 @@ int main(int argc, char **argv)
                 continue;
             }
         }
+        char late[32] = "";
+        if (latency) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+            snprintf(late, sizeof late, " %" PRId64, now_ns - hd.publish_mono_ns);
+        }
         printf("%s %" PRIu64 " %" PRIu64 " %" PRIu64 " %s %" PRIu32 "x%" PRIu32 " %" PRIu64
-               " %d%s\n", hd.camera, hd.seq, hd.epoch, hd.missed, format_names[hd.format],
-               hd.width, hd.height, data_len, (hd.flags & FLAG_KEYFRAME) ? 1 : 0, sum);
+               " %d%s%s\n", hd.camera, hd.seq, hd.epoch, hd.missed, format_names[hd.format],
+               hd.width, hd.height, data_len, (hd.flags & FLAG_KEYFRAME) ? 1 : 0, sum, late);
         if (fflush(stdout) != 0)
             die(EXIT_IO, "cannot write to stdout: %s", strerror(errno));
         if (count_limit != 0 && ++frames >= count_limit)
