@@ -92,17 +92,30 @@ class Outbox(Generic[T]):
 
     def __init__(self, max_fps: float | None = None,
                  release: Callable[[T], None] | None = None) -> None:
-        self.stats = OutboxStats()
-        self.stream_stats: dict[str, OutboxStats] = {}
+        self.stream_stats: dict[str, OutboxStats] = {}  # the only counters (see ``stats``)
         self.release = release
         self._max_fps = max_fps
         self._limiters: dict[str, RateLimiter] = {}
         self._chunks: list[memoryview] = []  # the rest of the in-flight message
         self._in_flight: Outgoing[T] | None = None
-        self._in_flight_stats = self.stats  # its stream's counters (set when it is begun)
+        self._in_flight_stats = OutboxStats()  # its stream's counters (set when it is begun)
         self._pending: dict[str, Outgoing[T]] = {}  # per stream, in the order they began waiting
         self._last_seq: dict[str, int] = {}  # per stream: seq of the last message begun
         self.last_completed: T | None = None  # the frame whose last byte was just written
+
+    @property
+    def stats(self) -> OutboxStats:
+        """The totals over every stream, summed when asked (scrape time), so the fan-out path
+        counts each event once. Safe to call from other threads: each dict is copied in one
+        C-level step before it is read, so the loop adding a stream or a reason meanwhile
+        cannot break the iteration."""
+        total = OutboxStats()
+        for stats in list(self.stream_stats.values()):
+            total.offered += stats.offered
+            total.sent += stats.sent
+            total.bytes_sent += stats.bytes_sent
+            total.dropped.update(dict(stats.dropped))
+        return total
 
     @property
     def has_bytes(self) -> bool:
@@ -121,8 +134,7 @@ class Outbox(Generic[T]):
 
     def held(self) -> list[T]:
         """The frames this outbox keeps alive."""
-        held = [] if self._in_flight is None else [self._in_flight.token]
-        return held + [o.token for o in self._pending.values()]
+        return [outgoing.token for outgoing in self._holding()]
 
     def _stats_of(self, stream: str) -> OutboxStats:
         stats = self.stream_stats.get(stream)
@@ -132,10 +144,10 @@ class Outbox(Generic[T]):
 
     def _count(self, stream: str, reason: str | None = None, offered: int = 0,
                dropped: int = 1) -> None:
-        for stats in (self.stats, self._stats_of(stream)):
-            stats.offered += offered
-            if reason is not None:
-                stats.dropped[reason] += dropped
+        stats = self._stats_of(stream)
+        stats.offered += offered
+        if reason is not None:
+            stats.dropped[reason] += dropped
 
     def offer(self, outgoing: Outgoing[T], now_ns: int, superseded: int = 0) -> None:
         """A new frame for this subscriber; newest wins over its stream's unsent pending one.
@@ -181,7 +193,6 @@ class Outbox(Generic[T]):
         """``count`` bytes of ``chunks()`` were written; True when the message completed."""
         chunks = self._chunks
         if self._in_flight is not None:
-            self.stats.bytes_sent += count
             self._in_flight_stats.bytes_sent += count
         while count and chunks:
             head = chunks[0]
@@ -195,7 +206,6 @@ class Outbox(Generic[T]):
             return False
         done, self._in_flight = self._in_flight, None
         self.last_completed = done.token
-        self.stats.sent += 1
         self._in_flight_stats.sent += 1
         return True
 
