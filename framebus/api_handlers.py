@@ -18,7 +18,7 @@ from framebus.config import FifoPath, PixelFormatName, SubscriberConfig, parse_m
 from framebus.errors import FifoError
 from framebus.fifo import FifoRefused, NoReader, check_allowed_path, open_requested_fifo
 from framebus.imaging import convert, encode_image
-from framebus.store import Rendition, StoredFrame
+from framebus.store import DEFAULT_QUALITY, Rendition, StoredFrame
 from framebus.urls import redact_url
 from framebus.wire import PixelFormat
 
@@ -41,7 +41,7 @@ class FifoRequest(BaseModel):
     format: PixelFormatName = "bgr24"
     width: int | None = Field(None, ge=1, le=8192)
     height: int | None = Field(None, ge=1, le=8192)
-    quality: int = Field(85, ge=1, le=100)
+    quality: int = Field(DEFAULT_QUALITY, ge=1, le=100)
     timeout: float | None = Field(None, gt=0, le=60)
 
 
@@ -188,7 +188,7 @@ class Handlers:
         """GET /v1/cameras/{name}/snapshot.jpg|png: the newest frame as an image."""
         width = _int(query, "width", 1, MAX_SNAPSHOT_SIDE)
         height = _int(query, "height", 1, MAX_SNAPSHOT_SIDE)
-        quality = _int(query, "quality", 1, 100) or 85
+        quality = _int(query, "quality", 1, 100) or DEFAULT_QUALITY
         self._check_size(name, width, height)
         frame = self._frame(name, query)
         if kind == "jpg":  # shared with any subscriber wanting the same: converted once

@@ -52,7 +52,7 @@ class Rendition:
     format: PixelFormat
     width: int | None = None
     height: int | None = None
-    quality: int = 85  # jpeg only
+    quality: int = DEFAULT_QUALITY  # jpeg only
 
     def __post_init__(self) -> None:
         if self.format is not PixelFormat.JPEG and self.quality != DEFAULT_QUALITY:
