@@ -305,7 +305,7 @@ def _validate(fields: tuple[Any, ...], data: bytes | bytearray | memoryview,
         raise ProtocolError(f"plane count {plane_count} over {MAX_PLANES}")
     planes = tuple(Plane(words[2 * i], words[2 * i + 1]) for i in range(plane_count))
     shm = None
-    if flags & Flags.SHM:
+    if flags & _SHM_BIT:
         shm = _decode_shm(data, payload_len, max_payload_len)
     _check_layout(fmt, width, height, planes, payload_len if shm is None else shm.length)
     shape = _Shape(camera, fmt, source, Flags(flags & _KNOWN_FLAGS), planes,
