@@ -34,9 +34,9 @@ from types import TracebackType
 from typing import TypeVar
 
 from framebus.errors import FifoError
-from framebus.reading import Frame, SubscriberCore, SubscriberStats, Wait
+from framebus.reading import Frame, StreamEvent, SubscriberCore, SubscriberStats, Wait
 
-__all__ = ["AsyncSubscriber", "Frame", "SubscriberStats"]
+__all__ = ["AsyncSubscriber", "Frame", "StreamEvent", "SubscriberStats"]
 
 T = TypeVar("T")
 
@@ -48,7 +48,8 @@ class AsyncSubscriber(SubscriberCore):
     frame (None: forever; 0: a frame already there, else TimeoutError at once), ``reopen``
     survives daemon restarts (a cut message is dropped and counted in
     ``stats.truncated``; without it iteration ends at a clean EOF and a cut message raises
-    ``ProtocolError``), ``max_payload_len`` bounds a message.
+    ``ProtocolError``), ``max_payload_len`` bounds a message, ``on_event`` gets each
+    :class:`~framebus.reading.StreamEvent` (camera states, daemon restarts).
     """
 
     _waiting: tuple[asyncio.AbstractEventLoop, int, asyncio.Future[bool],

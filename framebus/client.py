@@ -37,11 +37,12 @@ from typing import TypeVar
 
 from framebus.apiclient import post_json
 from framebus.errors import FifoError
-from framebus.reading import Frame, SubscriberCore, SubscriberStats, Wait
+from framebus.reading import Frame, StreamEvent, SubscriberCore, SubscriberStats, Wait
 
 DEFAULT_REQUEST_DIR = "/run/framebus-requests"  # systemd/framebus.tmpfiles makes it
 
-__all__ = ["Frame", "FrameRequestError", "Subscriber", "SubscriberStats", "request_frame"]
+__all__ = ["Frame", "FrameRequestError", "StreamEvent", "Subscriber", "SubscriberStats",
+           "request_frame"]
 T = TypeVar("T")
 
 
@@ -55,7 +56,15 @@ class Subscriber(SubscriberCore):
     the FIFO and waits for the next writer; a message cut short by a dying writer is dropped
     (counted in ``stats.truncated``), never delivered. With ``reopen=False`` iteration ends
     at a clean EOF and a cut message raises ``ProtocolError``.
+
+    What the stream says besides frames arrives as :class:`StreamEvent`: a camera's state
+    (reconnecting, down, idle, streaming again, with the daemon's reason; the latest per
+    camera in ``states``) and ``restart``, a new daemon process writing into the FIFO we still
+    hold (seq and epoch start over: compare frames only within one ``frame.instance``).
+    ``on_event`` is called with each, in the reading thread; ``stats`` counts them.
     """
+
+    _may_block = True
 
     def __enter__(self) -> Subscriber:
         return self

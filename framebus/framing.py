@@ -11,6 +11,12 @@ Invariants of :class:`FrameReader`:
 * Consecutive messages of a stream mostly share their shape (camera, format, size, planes):
   a shape validated once is remembered (``ShapeCache``), so later messages with exactly the
   same shape fields skip re-validating them; anything else takes the full validation.
+* Reads follow PROTOCOL.md's read-ahead rule (R1, R2): at a message boundary ``writable()`` is
+  a ``BOUNDARY_READ``-byte buffer (one read takes a whole shm or STATE message, or a frame's
+  prefix, header and first payload bytes); once a message has begun it is exactly the rest of
+  that message, never more. Bytes past a message (possible on FIFO streams only: the daemon
+  keeps at most one unread message in an shm pipe) wait for ``next_message()``.
+* A STATE message's reason is checked (UTF-8, rule T4) before the message is returned.
 """
 
 from __future__ import annotations
@@ -25,9 +31,13 @@ from framebus.wire import (
     FrameHeader,
     Message,
     ShapeCache,
+    StateHeader,
     decode_header,
     decode_prefix,
+    decode_state_reason,
 )
+
+BOUNDARY_READ = 4096  # bytes asked for at a message boundary (PROTOCOL.md rule R1)
 
 
 class _Stage(IntEnum):
@@ -42,8 +52,8 @@ class FrameReader:
     Two ways in, one state machine:
 
     * ``feed(data)`` then ``next_message()`` until it returns None (h11 style);
-    * zero copy: write straight into ``writable()`` (e.g. with ``os.readv``), then
-      ``commit(n)`` and ``next_message()``.
+    * zero copy: drain ``next_message()`` until None, write straight into ``writable()`` (e.g.
+      with ``os.readv``), then ``commit(n)`` and ``next_message()`` again.
 
     With ``reuse_buffer=True`` every payload is a view into one buffer that the next message
     overwrites (the buffer is replaced, not resized, when a larger message arrives, so older
@@ -67,9 +77,11 @@ class FrameReader:
         self._filled = 0  # bytes of the current stage received so far
         self._need = PREFIX_LEN  # bytes the current stage needs in total
         self._payload_len = 0
-        self._header: FrameHeader | None = None
+        self._header: FrameHeader | StateHeader | None = None
         self._shapes: ShapeCache = {}
         self._ready: Message | None = None
+        self._boundary = bytearray(BOUNDARY_READ)
+        self._in_boundary = False  # writable() handed out the boundary buffer
 
     @property
     def at_boundary(self) -> bool:
@@ -81,18 +93,50 @@ class FrameReader:
         self._pending += data
 
     def writable(self) -> memoryview:
-        """Where the next bytes go: exactly the rest of the current stage (zero-copy input)."""
+        """Where the next bytes go: at a message boundary a ``BOUNDARY_READ``-byte buffer,
+        inside a message exactly the rest of the current stage (zero-copy input)."""
         if self._pending or self._ready is not None:
             raise RuntimeError("drain next_message() before writing into writable()")
+        if self._stage is _Stage.PREFIX and self._filled == 0:
+            self._in_boundary = True
+            return memoryview(self._boundary)
         return self._target()
 
     def commit(self, count: int) -> None:
         """Record that ``count`` bytes were written into ``writable()``."""
+        if self._in_boundary:
+            self._in_boundary = False
+            if not 0 <= count <= BOUNDARY_READ:
+                raise ValueError(f"commit({count}) exceeds the {BOUNDARY_READ} bytes asked")
+            self._take_boundary(count)
+            return
         if not 0 <= count <= self._need - self._filled:
             raise ValueError(f"commit({count}) exceeds the {self._need - self._filled} bytes asked")
         self._filled += count
         if self._filled == self._need:
             self._advance()
+
+    def _take_boundary(self, count: int) -> None:
+        """Parse a boundary read: the common case, a whole message with at most a short
+        payload, is decoded in place; anything else goes through ``feed``."""
+        data = memoryview(self._boundary)[:count]
+        if count >= PREFIX_LEN:
+            header_len, payload_len = decode_prefix(data[:PREFIX_LEN], self.max_header_len,
+                                                    self.max_payload_len)
+            end = PREFIX_LEN + header_len + payload_len
+            if end <= count:
+                self._header = decode_header(data[PREFIX_LEN : PREFIX_LEN + header_len],
+                                             payload_len, self.max_payload_len, self._shapes)
+                if not self.reuse_buffer or len(self._payload) < payload_len:
+                    self._payload = bytearray(payload_len)
+                self._payload[:payload_len] = data[end - payload_len : end]
+                self._payload_len = payload_len
+                self._stage = _Stage.PAYLOAD
+                self._complete()
+                if end < count:
+                    self._pending += data[end:]
+                return
+        self._pending += data
 
     def next_message(self) -> Message | None:
         """The next whole message, or None when more bytes are needed."""
@@ -139,8 +183,14 @@ class FrameReader:
             if self._payload_len == 0:
                 self._advance()
         else:
-            assert self._header is not None
-            payload = memoryview(self._payload)[: self._payload_len]
-            self._ready = Message(self._header, payload)
-            self._stage, self._filled, self._need = _Stage.PREFIX, 0, PREFIX_LEN
-            self._header = None
+            self._complete()
+
+    def _complete(self) -> None:
+        header = self._header
+        assert header is not None
+        payload = memoryview(self._payload)[: self._payload_len]
+        if isinstance(header, StateHeader):
+            decode_state_reason(payload)  # rule T4, before anyone sees the message
+        self._ready = Message(header, payload)
+        self._stage, self._filled, self._need = _Stage.PREFIX, 0, PREFIX_LEN
+        self._header = None

@@ -5,11 +5,12 @@ code path serves ``poll`` and the event loop alike. See framebus.client for the 
 it relies on."""
 
 
+import fcntl
 import os
 import select
 import stat
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -22,11 +23,14 @@ from framebus.shm import SegmentMaps
 from framebus.wire import (
     DEFAULT_MAX_PAYLOAD_LEN,
     FrameHeader,
+    Message,
     PixelFormat,
     Plane,
     PlaneShape,
+    StateHeader,
     packed_layout,
     plane_shapes,
+    state_name,
 )
 
 _APPEAR_POLL_S = 0.05  # how often to look for a FIFO that does not exist yet
@@ -65,6 +69,12 @@ class Frame:
     def missed(self) -> int:
         """Frames of this camera this subscriber missed since its previous frame."""
         return self.header.missed
+
+    @property
+    def instance(self) -> int:
+        """The daemon process that sent the frame (0 from a writer older than revision 1.2):
+        seq and epoch are comparable only between frames of one instance."""
+        return self.header.instance
 
     @property
     def latency_ns(self) -> int:
@@ -106,6 +116,25 @@ def _plane_view(payload: memoryview, plane: Plane, shape: PlaneShape) -> np.ndar
     return np.ndarray(dims, np.uint8, payload, plane.offset, strides)
 
 
+RESTART = "restart"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """What a stream says besides frames: a camera's state (a STATE message: ``kind`` is
+    ``streaming``, ``reconnecting``, ``down``, ``idle`` or ``unknown(N)``, with the daemon's
+    ``reason``), or ``restart``: the daemon writing this FIFO is a new process (``camera`` is
+    empty), so every camera's seq and epoch start over."""
+
+    kind: str
+    camera: str
+    reason: str
+    epoch: int
+    seq: int
+    instance: int
+    received_mono_ns: int
+
+
 @dataclass
 class SubscriberStats:
     """Counters a consumer can show: frames and bytes read, FIFO opens, truncated messages."""
@@ -117,7 +146,9 @@ class SubscriberStats:
     truncated: int = 0
     stale: int = 0  # shm messages whose slot no longer held their frame: skipped
     replaced: int = 0  # reopens because the path came to name another FIFO (or vanished)
-    last_seq: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0  # a new daemon process began writing into the open FIFO (no EOF seen)
+    states: int = 0  # STATE messages received
+    last_seq: dict[str, int] = field(default_factory=dict)  # per camera, stale ones included
 
 
 # What a read waits for, answered by the driver (Subscriber or framebus.aio.AsyncSubscriber):
@@ -145,6 +176,8 @@ class SubscriberCore:
     abandoned at a wait (cancelled, interrupted) leaves the subscriber usable.
     """
 
+    _may_block = False  # Subscriber: a read with no deadline may block in readv itself
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -152,18 +185,23 @@ class SubscriberCore:
         timeout: float | None = None,
         reopen: bool = False,
         max_payload_len: int = DEFAULT_MAX_PAYLOAD_LEN,
+        on_event: Callable[[StreamEvent], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.timeout = timeout
         self.reopen = reopen
+        self.on_event = on_event
         self.stats = SubscriberStats()
+        self.states: dict[str, StreamEvent] = {}  # each camera's last STATE message
         self._max_payload_len = max_payload_len
         self._reader = self._new_reader()
         self._fd = -1
+        self._blocking = False  # the descriptor's O_NONBLOCK is cleared
         self._poller = select.poll()
         self._eof = False
         self._writer_seen = False  # read() returns 0 on a FIFO no writer has opened yet
-        self._segments = SegmentMaps(self.path.parent)  # shm segments live beside the FIFO
+        self._instance: int | None = None  # the writer of the last message since the open
+        self._segments = SegmentMaps(self.path.parent)  # replaced at open (realpath)
 
     def _new_reader(self) -> FrameReader:
         return FrameReader(max_payload_len=self._max_payload_len, reuse_buffer=True)
@@ -195,32 +233,77 @@ class SubscriberCore:
         if self._fd < 0:
             yield from self._open_steps(deadline)
         while True:
-            if not self._writer_seen:
-                yield from self._wait_steps(deadline)  # silent until a writer attaches
-                self._writer_seen = True
-            count = self._read_some()
-            if count < 0:  # nothing there yet: wait outside any except block
-                yield from self._wait_steps(deadline)
-                continue
-            if count == 0:
-                if not (yield from self._writer_left_steps(deadline)):
-                    return None
-                continue
-            self._reader.commit(count)
-            self.stats.bytes += count
-            message = self._reader.next_message()
+            message = self._reader.next_message()  # bytes an earlier read left over
             if message is None:
-                continue
-            if message.header.shm is None:
-                return self._deliver(message.header, message.payload, None)
-            payload = self._segments.payload(message.header)
-            if payload is not None:
-                return self._deliver(message.header, payload, self._segments)
-            self.stats.stale += 1
+                if not self._writer_seen:
+                    yield from self._wait_steps(deadline)  # silent until a writer attaches
+                    self._writer_seen = True
+                count = self._read_some(deadline is None)
+                if count < 0:  # nothing there yet: wait outside any except block
+                    yield from self._wait_steps(deadline)
+                    continue
+                if count == 0:
+                    if not (yield from self._writer_left_steps(deadline)):
+                        return None
+                    continue
+                self._reader.commit(count)
+                self.stats.bytes += count
+                message = self._reader.next_message()
+                if message is None:
+                    continue
+            frame = self._take(message)
+            if frame is not None:
+                return frame
 
-    def _read_some(self) -> int:
-        """One non-blocking ``readv`` into the reader's buffer: the byte count, 0 at EOF, -1
-        when the FIFO is empty."""
+    def _take(self, message: Message) -> Frame | None:
+        """A message read whole: the frame to deliver, or None (a STATE message, a stale shm
+        frame), after noticing a restart of the writer (PROTOCOL.md section 8)."""
+        header = message.header
+        if header.instance != self._instance:
+            if self._instance is not None:
+                self._restarted(header.instance)
+            self._instance = header.instance
+        if isinstance(header, StateHeader):
+            self.stats.states += 1
+            event = StreamEvent(state_name(header.state), header.camera,
+                                bytes(message.payload).decode(), header.epoch, header.seq,
+                                header.instance, time.monotonic_ns())
+            self.states[header.camera] = event
+            self._emit(event)
+            return None
+        if header.shm is None:
+            return self._deliver(header, message.payload, None)
+        payload = self._segments.payload(header)
+        if payload is not None:
+            return self._deliver(header, payload, self._segments)
+        self.stats.stale += 1  # received, not delivered: the next missed does not count it
+        self.stats.last_seq[header.camera] = header.seq
+        return None
+
+    def _restarted(self, instance: int) -> None:
+        """A new daemon process writes into the FIFO we still hold: everything known about
+        the old one's cameras and segments is void."""
+        self.stats.restarts += 1
+        self.stats.last_seq.clear()
+        self.states.clear()
+        self._segments.forget()
+        self._emit(StreamEvent(RESTART, "", "a new daemon process writes this FIFO", 0, 0,
+                               instance, time.monotonic_ns()))
+
+    def _emit(self, event: StreamEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _read_some(self, may_block: bool) -> int:
+        """One ``readv`` into the reader's buffer: the byte count, 0 at EOF, -1 when the FIFO
+        is empty. With no deadline, the blocking client blocks in the read itself: one system
+        call per message instead of a poll and a read."""
+        block = may_block and self._may_block
+        if block != self._blocking:
+            flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+            fcntl.fcntl(self._fd, fcntl.F_SETFL,
+                        flags & ~os.O_NONBLOCK if block else flags | os.O_NONBLOCK)
+            self._blocking = block
         try:
             return os.readv(self._fd, [self._reader.writable()])
         except BlockingIOError:
@@ -246,7 +329,6 @@ class SubscriberCore:
             self._eof = True
             return False
         self._reader = self._new_reader()
-        self._segments = SegmentMaps(self.path.parent)  # a new daemon's segments, new names
         self.close()
         yield from self._open_steps(deadline)
         return True
@@ -269,7 +351,12 @@ class SubscriberCore:
             os.close(fd)
             raise FifoError(f"{self.path} is not a FIFO")
         self._fd = fd
+        self._blocking = False
         self._writer_seen = False
+        self._instance = None
+        # segments live in the directory of the FIFO's entry (PROTOCOL.md section 12): resolve
+        # a symlinked or relative path now; a reopen forgets the old daemon's mappings
+        self._segments = SegmentMaps(Path(os.path.realpath(self.path)).parent)
         self._poller.register(fd, select.POLLIN)
         self.stats.opens += 1
         return True

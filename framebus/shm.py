@@ -206,12 +206,19 @@ class Mapping:
 
 class SegmentMaps:
     """Reader side: segment files mapped read-only, reused across frames (one mmap per
-    segment, not per frame). At most ``keep`` mappings stay open: the newest segments."""
+    segment, not per frame).
 
-    def __init__(self, directory: Path, keep: int = 2) -> None:
+    Lifetime (PROTOCOL.md section 12): a segment belongs to one camera, and once a message of
+    that camera names another segment the old one gets no more frames on this stream, so its
+    mapping is dropped then (the last frame's views keep it mapped until they go). At most
+    ``keep`` mappings stay open whatever a stream names.
+    """
+
+    def __init__(self, directory: Path, keep: int = 64) -> None:
         self.directory = directory
         self.keep = keep
         self._maps: dict[str, Mapping] = {}
+        self._by_camera: dict[str, str] = {}  # camera -> the segment its frames are in
         self.opened = 0
 
     def payload(self, header: FrameHeader) -> memoryview | None:
@@ -220,10 +227,17 @@ class SegmentMaps:
         the message says."""
         shm = header.shm
         assert shm is not None
-        found = self._maps.get(shm.segment) or self._open(shm.segment)
+        found = self._maps.get(shm.segment)
         if found is None:
-            return None
-        if shm.offset + shm.length > found.size:
+            found = self._open(shm.segment)
+            if found is None:
+                return None
+            previous = self._by_camera.get(header.camera)
+            if previous is not None and previous != shm.segment:
+                self._maps.pop(previous, None)  # retired for this stream: no frames come
+            self._by_camera[header.camera] = shm.segment
+        # rule M2 without overflow: hostile offsets near 2**64 must not wrap around
+        if shm.length > found.size or shm.offset > found.size - shm.length:
             raise ProtocolError(f"shm payload {shm.offset}+{shm.length} past the end of "
                                 f"segment {shm.segment} ({found.size} bytes)")
         if not stamp_matches(found.map, shm, header.seq):
@@ -235,6 +249,16 @@ class SegmentMaps:
         shm = header.shm
         found = None if shm is None else self._maps.get(shm.segment)
         return shm is None or (found is not None and stamp_matches(found.map, shm, header.seq))
+
+    def forget(self) -> None:
+        """A new daemon writes the stream: its segments are new, whatever their names."""
+        self._maps.clear()
+        self._by_camera.clear()
+
+    @property
+    def mapped(self) -> list[str]:
+        """The segments mapped now, oldest first."""
+        return list(self._maps)
 
     def _open(self, name: str) -> Mapping | None:
         path = self.directory / name
@@ -258,7 +282,10 @@ class SegmentMaps:
         if magic != SEGMENT_MAGIC or version != SEGMENT_VERSION:
             raise ProtocolError(f"shm segment {path}: bad magic {magic!r} or version {version}")
         while len(self._maps) >= self.keep:  # the oldest goes; views of it keep it mapped
-            del self._maps[next(iter(self._maps))]
+            oldest = next(iter(self._maps))
+            del self._maps[oldest]
+            for camera in [c for c, n in self._by_camera.items() if n == oldest]:
+                del self._by_camera[camera]
         self.opened += 1
         found = self._maps[name] = Mapping(name, mapped, size)
         return found

@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -43,6 +44,24 @@ AV_FORMAT = {
 
 
 DEFAULT_QUALITY = 85
+
+
+def new_instance() -> int:
+    """A random, non-zero 64-bit identity for this daemon process (PROTOCOL.md's
+    ``instance``): a reader compares it between messages to see a restart that no EOF told
+    it about."""
+    return int.from_bytes(os.urandom(8), "little") or 1
+
+
+INSTANCE = new_instance()
+
+
+def _redraw_instance() -> None:
+    global INSTANCE
+    INSTANCE = new_instance()
+
+
+os.register_at_fork(after_in_child=_redraw_instance)  # a forked daemon is another process
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +154,7 @@ class StoredFrame:
             height=payload.height, planes=payload.planes, epoch=self.epoch, pts=self.pts,
             time_base=self.time_base, capture_time_ns=self.capture_time_ns,
             capture_source=self.capture_source, publish_mono_ns=self.publish_mono_ns,
-            flags=Flags.KEYFRAME if self.keyframe else Flags.NONE,
+            flags=Flags.KEYFRAME if self.keyframe else Flags.NONE, instance=INSTANCE,
         )
 
 

@@ -10,9 +10,13 @@ A message is::
                          fields (the version stays 1 and header_len grows)
     payload (payload_len)
 
-Revision 1.1 appends four fields (header_len 224) that locate the payload in a shared-memory
-segment instead of the stream; such messages set ``Flags.SHM`` and carry ``payload_len == 0``,
-so a 1.0 reader rejects them (rule H8) rather than reading garbage.
+Revision 1.1 appended four fields that locate the payload in a shared-memory segment instead
+of the stream; such messages set ``Flags.SHM`` and carry ``payload_len == 0``, so a 1.0 reader
+rejects them (rule H8) rather than reading garbage. Revision 1.2 makes every header 240 bytes:
+the shm area (zero unless ``Flags.SHM``), then the writer's ``instance`` (a random number per
+daemon process, so a reader sees a restart in the first message of the new daemon) and a
+``state`` byte. A ``Flags.STATE`` message carries a camera's state (streaming, reconnecting,
+down, idle) with its reason as the payload instead of a frame.
 
 The incremental stream reader built on this codec is :class:`framebus.framing.FrameReader`.
 """
@@ -22,7 +26,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-from enum import IntFlag
+from enum import IntEnum, IntFlag
 from typing import Any, Final
 
 from framebus.errors import ProtocolError
@@ -47,7 +51,15 @@ HEADER_V1_LEN: Final = HEADER_V1.size  # 168
 # revision 1.1, appended: shm segment name, payload offset and length in it, slot token
 SHM_FIELDS: Final = struct.Struct("<32sQQQ")
 HEADER_SHM_LEN: Final = HEADER_V1_LEN + SHM_FIELDS.size  # 224
-SHM_NAME = re.compile(r"fbshm-[0-9]{1,10}-[0-9]{1,20}")
+# revision 1.2: the writer's instance and, in STATE messages, the state code; 7 reserved bytes
+V12_FIELDS: Final = struct.Struct("<QB7x")
+HEADER_LEN: Final = HEADER_SHM_LEN + V12_FIELDS.size  # 240: every message a 1.2 writer sends
+_INSTANCE: Final = struct.Struct("<Q")
+_INSTANCE_END: Final = HEADER_SHM_LEN + _INSTANCE.size  # a header this long has the instance
+SHM_NAME = re.compile(r"fbshm-[0-9]{1,10}-[0-9]{1,15}")  # at most 32 bytes: the field's size
+SHM_NAME_LEN: Final = 32
+STATE_REASON_MAX: Final = 256
+_SHM_ZERO: Final = bytes(SHM_FIELDS.size)
 SHM_ALIGN: Final = 64  # shm payloads start on a 64-byte boundary, after the slot's stamp
 
 CAMERA_NAME_MAX: Final = 64
@@ -64,8 +76,31 @@ class Flags(IntFlag):
     NONE = 0
     KEYFRAME = 1
     SHM = 2  # revision 1.1: the payload is in a shared-memory slot (``FrameHeader.shm``)
+    STATE = 4  # revision 1.2: a camera's state, not a frame (``StateHeader``)
+
 
 _KNOWN_FLAGS: Final = Flags.KEYFRAME | Flags.SHM
+
+
+class StreamState(IntEnum):
+    """What a STATE message says about its camera (unknown codes from later revisions are
+    kept as plain ints)."""
+
+    STREAMING = 1  # frames flow (the camera came back, or left idle)
+    RECONNECTING = 2  # the daemon is (re)connecting: connecting, backing off, stalled
+    DOWN = 3  # no frames expected without a change: auth failed, unsupported, stopped
+    IDLE = 4  # connected, but no frame for a while; frames may resume in the same epoch
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+def state_name(code: int) -> str:
+    """``streaming``, ``reconnecting``, ``down``, ``idle``, or ``unknown(N)``."""
+    try:
+        return str(StreamState(code))
+    except ValueError:
+        return f"unknown({code})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +133,7 @@ class FrameHeader:
     publish_mono_ns: int = 0
     flags: Flags = Flags.NONE
     shm: ShmLocation | None = None  # set: the payload is in shared memory (flag SHM)
+    instance: int = 0  # the writing daemon process (1.2); 0 from an older writer
 
     @property
     def keyframe(self) -> bool:
@@ -106,10 +142,26 @@ class FrameHeader:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
-    """One whole message. ``payload`` may be a view into a reused buffer (see FrameReader)."""
+class StateHeader:
+    """A STATE message's header: ``state`` of ``camera`` (its reason is the payload, see
+    ``decode_state_reason``). ``seq`` repeats the camera's newest frame's seq (0: none yet)
+    and takes no part in seq/missed arithmetic; ``epoch`` is the camera's current epoch."""
 
-    header: FrameHeader
+    camera: str
+    state: int  # a StreamState value, or a code of a later revision
+    seq: int = 0
+    epoch: int = 0
+    capture_time_ns: int = 0  # wall clock when the camera entered the state
+    publish_mono_ns: int = 0
+    instance: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One whole message. ``payload`` may be a view into a reused buffer (see FrameReader);
+    for a STATE message it is the reason, UTF-8."""
+
+    header: FrameHeader | StateHeader
     payload: memoryview
 
 
@@ -159,9 +211,36 @@ def encode_header(header: FrameHeader, payload_len: int, missed: int | None = No
         header.height,
         *plane_words,
     )
-    if shm is not None:
-        body += SHM_FIELDS.pack(shm.segment.encode(), shm.offset, shm.length, shm.token)
+    body += _SHM_ZERO if shm is None else SHM_FIELDS.pack(shm.segment.encode(), shm.offset,
+                                                             shm.length, shm.token)
+    body += V12_FIELDS.pack(header.instance, 0)
     return PREFIX.pack(MAGIC, VERSION, len(body), payload_len) + body
+
+
+
+def encode_state(header: StateHeader, reason: str) -> bytes:
+    """A whole STATE message: ``header`` and ``reason`` (cut to 256 UTF-8 bytes at a character
+    boundary; NUL bytes removed)."""
+    name = header.camera.encode()
+    if not 0 < len(name) <= CAMERA_NAME_MAX or b"\0" in name:
+        raise ValueError(f"camera name must be 1..{CAMERA_NAME_MAX} UTF-8 bytes without NUL: "
+                         f"{header.camera!r}")
+    if not 0 < header.state <= 255:
+        raise ValueError(f"state code {header.state} outside 1..255")
+    text = reason.replace("\0", "").encode()[:STATE_REASON_MAX].decode(errors="ignore").encode()
+    body = HEADER_V1.pack(name, header.seq, header.epoch, 0, NO_PTS, 0, 0,
+                          header.capture_time_ns, header.publish_mono_ns, 0, 0, Flags.STATE, 0,
+                          0, 0, 0, *[0] * (2 * MAX_PLANES))
+    body += _SHM_ZERO + V12_FIELDS.pack(header.instance, header.state)
+    return PREFIX.pack(MAGIC, VERSION, len(body), len(text)) + body + text
+
+
+def decode_state_reason(payload: bytes | bytearray | memoryview) -> str:
+    """A STATE message's reason (rule T4: valid UTF-8)."""
+    try:
+        return bytes(payload).decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("state reason is not valid UTF-8") from None
 
 
 # where ``missed`` sits in an encoded message: after the prefix, camera, seq and epoch
@@ -229,13 +308,15 @@ class _Shape:
 ShapeCache = dict[tuple[object, ...], _Shape]
 SHAPES_KEPT: Final = 64  # a few per camera (keyframe or not) of a multi-camera stream
 _SHM_BIT: Final = int(Flags.SHM)
+_STATE_BIT: Final = int(Flags.STATE)
 
 
 def decode_header(data: bytes | bytearray | memoryview, payload_len: int,
                   max_payload_len: int = DEFAULT_MAX_PAYLOAD_LEN,
-                  shapes: ShapeCache | None = None) -> FrameHeader:
-    """Parse and validate a header of ``len(data)`` bytes (fields past revision 1.1's are
-    ignored, as the spec requires; 1.1's shm fields are read only when the SHM flag is set).
+                  shapes: ShapeCache | None = None) -> FrameHeader | StateHeader:
+    """Parse and validate a header of ``len(data)`` bytes: a frame's (``FrameHeader``) or, with
+    ``Flags.STATE``, a camera state's (``StateHeader``). Fields past revision 1.2's are
+    ignored, as the spec requires; the shm fields are read only when the SHM flag is set.
 
     With ``shapes``, a header whose shape fields (everything but seq, epoch, missed, times and
     the shm offset and token) equal those of one validated before is decoded from that
@@ -243,6 +324,10 @@ def decode_header(data: bytes | bytearray | memoryview, payload_len: int,
     errors are the same with or without the cache.
     """
     fields = HEADER_V1.unpack_from(data)
+    instance = _INSTANCE.unpack_from(data, HEADER_SHM_LEN)[0] if len(
+        data) >= _INSTANCE_END else 0
+    if fields[11] & _STATE_BIT:
+        return _state_header(fields, data, payload_len)
     if shapes is not None:
         shm_fields = None
         if fields[11] & _SHM_BIT and len(data) >= HEADER_SHM_LEN:
@@ -252,13 +337,13 @@ def decode_header(data: bytes | bytearray | memoryview, payload_len: int,
         shape = shapes.get(key)
         if shape is not None and (shm_fields is None or _offset_and_token_valid(shm_fields)):
             shm = None if shm_fields is None else ShmLocation(shape.segment, *shm_fields[1:])
-            return _header(fields, shape, shm)
+            return _header(fields, shape, shm, instance)
         shape, shm = _validate(fields, data, payload_len, max_payload_len)
         if len(shapes) >= SHAPES_KEPT:
             shapes.clear()
         shapes[key] = shape
-        return _header(fields, shape, shm)
-    return _header(fields, *_validate(fields, data, payload_len, max_payload_len))
+        return _header(fields, shape, shm, instance)
+    return _header(fields, *_validate(fields, data, payload_len, max_payload_len), instance)
 
 
 def _offset_and_token_valid(shm_fields: tuple[bytes, int, int, int]) -> bool:
@@ -267,30 +352,57 @@ def _offset_and_token_valid(shm_fields: tuple[bytes, int, int, int]) -> bool:
     return offset >= SHM_ALIGN and not offset % SHM_ALIGN and token != 0
 
 
-def _header(fields: tuple[Any, ...], shape: _Shape, shm: ShmLocation | None) -> FrameHeader:
+def _header(fields: tuple[Any, ...], shape: _Shape, shm: ShmLocation | None,
+            instance: int) -> FrameHeader:
     """A header from its validated shape and the fields that differ per message."""
     seq, epoch, missed, pts, tb_num, tb_den, capture_ns, publish_ns = fields[1:9]
     return FrameHeader(
         camera=shape.camera, seq=seq, format=shape.format, width=fields[14], height=fields[15],
         planes=shape.planes, epoch=epoch, missed=missed, pts=None if pts == NO_PTS else pts,
         time_base=(tb_num, tb_den), capture_time_ns=capture_ns, capture_source=shape.source,
-        publish_mono_ns=publish_ns, flags=shape.flags, shm=shm,
+        publish_mono_ns=publish_ns, flags=shape.flags, shm=shm, instance=instance,
     )
 
 
-def _validate(fields: tuple[Any, ...], data: bytes | bytearray | memoryview,
-              payload_len: int, max_payload_len: int) -> tuple[_Shape, ShmLocation | None]:
-    """The full validation, every rule of PROTOCOL.md for the header: its shape and, for an
-    shm message, where the payload is."""
-    raw_name = fields[0]
-    fmt_code, source_code, flags, plane_count, _reserved, width, height = fields[9:16]
-    words = fields[16:]
+def _camera_name(raw_name: bytes) -> str:
+    """Rules H1, H2."""
     try:
         camera = bytes(raw_name).rstrip(b"\0").decode()
     except UnicodeDecodeError:
         raise ProtocolError("camera name is not valid UTF-8") from None
     if not camera:
         raise ProtocolError("camera name is empty")
+    return camera
+
+
+def _state_header(fields: tuple[Any, ...], data: bytes | bytearray | memoryview,
+                  payload_len: int) -> StateHeader:
+    """Rules H1, H2 and T1..T4 of a STATE message (T4's UTF-8 check waits for the payload)."""
+    camera = _camera_name(fields[0])
+    if len(data) < HEADER_LEN:
+        raise ProtocolError(f"state message needs header length >= {HEADER_LEN}, "
+                            f"got {len(data)}")
+    flags = fields[11]
+    if flags & (_SHM_BIT | Flags.KEYFRAME):
+        raise ProtocolError(f"state message with frame flags {flags:#x}")
+    fmt_code, _source, _flags, plane_count, _reserved, width, height = fields[9:16]
+    if fmt_code or width or height or plane_count:
+        raise ProtocolError("state message with a frame shape")
+    if payload_len > STATE_REASON_MAX:
+        raise ProtocolError(f"state reason of {payload_len} bytes over {STATE_REASON_MAX}")
+    instance, state = V12_FIELDS.unpack_from(data, HEADER_SHM_LEN)
+    if state == 0:
+        raise ProtocolError("state message with state code 0")
+    return StateHeader(camera, state, fields[1], fields[2], fields[7], fields[8], instance)
+
+
+def _validate(fields: tuple[Any, ...], data: bytes | bytearray | memoryview,
+              payload_len: int, max_payload_len: int) -> tuple[_Shape, ShmLocation | None]:
+    """The full validation, every rule of PROTOCOL.md for the header: its shape and, for an
+    shm message, where the payload is."""
+    fmt_code, source_code, flags, plane_count, _reserved, width, height = fields[9:16]
+    words = fields[16:]
+    camera = _camera_name(fields[0])
     try:
         fmt = PixelFormat(fmt_code)
     except ValueError:
@@ -307,6 +419,8 @@ def _validate(fields: tuple[Any, ...], data: bytes | bytearray | memoryview,
     shm = None
     if flags & _SHM_BIT:
         shm = _decode_shm(data, payload_len, max_payload_len)
+        if not fmt.is_raw:
+            raise ProtocolError("jpeg is not sent over shm")
     _check_layout(fmt, width, height, planes, payload_len if shm is None else shm.length)
     shape = _Shape(camera, fmt, source, Flags(flags & _KNOWN_FLAGS), planes,
                    "" if shm is None else shm.segment)
@@ -322,8 +436,8 @@ def _decode_shm(data: bytes | bytearray | memoryview, payload_len: int,
     if payload_len:
         raise ProtocolError(f"shm message must have payload length 0, got {payload_len}")
     raw_name, offset, length, token = SHM_FIELDS.unpack_from(data, HEADER_V1_LEN)
-    try:
-        name = bytes(raw_name).rstrip(b"\0").decode("ascii")
+    try:  # the name ends at the first NUL (1.2); what follows is ignored
+        name = bytes(raw_name).split(b"\0", 1)[0].decode("ascii")
     except UnicodeDecodeError:
         name = "?"
     shm = ShmLocation(name, offset, length, token)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from framebus.errors import ProtocolError
 from framebus.framing import FrameReader
 from framebus.wire import (
+    HEADER_LEN,
     HEADER_V1_LEN,
     MAGIC,
     PREFIX,
@@ -235,4 +236,4 @@ def test_encode_refuses_names_the_wire_cannot_carry() -> None:
     for bad in ("", "x" * 65):
         with pytest.raises(ValueError, match="camera name"):
             encode_header(FrameHeader(bad, 1, PixelFormat.GRAY, 2, 2, (Plane(0, 2),)), 4)
-    assert len(encode_message(header, payload)) == PREFIX_LEN + HEADER_V1_LEN + len(payload)
+    assert len(encode_message(header, payload)) == PREFIX_LEN + HEADER_LEN + len(payload)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from framebus.errors import ProtocolError
 from framebus.framing import FrameReader
 from framebus.wire import (
+    HEADER_LEN,
     HEADER_SHM_LEN,
     HEADER_V1_LEN,
     PREFIX,
@@ -51,7 +52,7 @@ def test_round_trip_whole_and_byte_by_byte(fmt: PixelFormat, width: int, height:
                                            padding: int, index: int) -> None:
     header = shm_header(fmt, width, height, padding, index)
     data = encode_header(header, 0)
-    assert len(data) == PREFIX_LEN + HEADER_SHM_LEN
+    assert len(data) == PREFIX_LEN + HEADER_LEN  # 256: one read takes a whole shm message
     whole = FrameReader()
     whole.feed(data + data[:5])  # trailing bytes of the next message stay buffered
     got = drain(whole)
@@ -64,10 +65,11 @@ def test_round_trip_whole_and_byte_by_byte(fmt: PixelFormat, width: int, height:
     assert got[1] == got[0] and slow.at_boundary
 
 
-def test_fifo_messages_stay_revision_1_0() -> None:
+def test_fifo_messages_have_a_zero_shm_area_and_no_shm_flag() -> None:
     header, payload = make_frame(3, 1, PixelFormat.GRAY, 4, 4)
     data = encode_header(dataclasses.replace(header, flags=header.flags | Flags.SHM), 16)
-    assert PREFIX.unpack_from(data)[2] == HEADER_V1_LEN  # no shm fields, no shm flag
+    assert PREFIX.unpack_from(data)[2] == HEADER_LEN  # 1.2: every header is 240 bytes
+    assert data[PREFIX_LEN + HEADER_V1_LEN : PREFIX_LEN + HEADER_SHM_LEN] == bytes(56)
     reader = FrameReader()
     reader.feed(data + payload)
     assert drain(reader)[0].shm is None
