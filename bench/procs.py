@@ -13,6 +13,10 @@ and exits. Kinds:
     the bare shm loop's reader (:mod:`bench.shmring`): maps RING read-only once, reads each
     184-byte header from FIFO, checks the slot's stamp and takes a view of the pixels (what
     framebus.client does with an shm message; neither touches the pixels).
+``iox2 SERVICE [--feedback]``
+    an iceoryx2 subscriber (:mod:`bench.iox2`): sleeps on the service's event until notified,
+    takes each sample, reads its user header and takes a memoryview of the pixels (untouched);
+    with ``--feedback`` it tells the publisher each frame it took.
 ``zmq ENDPOINT [--hwm N]``
     a ZeroMQ SUB socket (conflate off, small receive HWM), ``recv(copy=False)``.
 ``decode URL [--bgr] [--threads N] [--loop]``
@@ -120,6 +124,30 @@ def read_bare_shm(path: str, ring_path: str, log: Log) -> None:
         log.add(now, seq, now - published, len(pixels))
 
 
+def read_iox2(service: str, feedback: bool, log: Log) -> None:
+    """Take every sample the subscriber gets: header and a view of the pixels, no more."""
+    from bench.iox2 import TAKEN_IDS, Iox2Reader
+
+    reader = Iox2Reader(service, feedback)
+    subscriber, listener, wait = reader.subscriber, reader.listener, reader.wait
+    notifier, event_id = reader.notifier, reader.iox2.EventId.new
+    try:
+        while True:
+            listener.timed_wait(wait)  # a kernel wait (GIL released), WAIT_S at most
+            while (sample := subscriber.receive()) is not None:
+                header = sample.user_header().contents
+                seq, published = header.seq, header.publish_ns
+                pixels = sample.payload().as_memory_view()
+                now = time.monotonic_ns()
+                log.add(now, seq, now - published, pixels.nbytes)
+                pixels.release()
+                sample.delete()
+                if notifier is not None:
+                    notifier.notify_with_custom_event_id(event_id(seq % TAKEN_IDS))
+    finally:
+        reader.close()
+
+
 def read_zmq(endpoint: str, hwm: int, log: Log) -> None:
     """Receive every message a ZeroMQ SUB socket gets."""
     import zmq
@@ -178,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     shm = sub.add_parser("shm")
     shm.add_argument("path")
     shm.add_argument("ring")
+    iox2 = sub.add_parser("iox2")
+    iox2.add_argument("service")
+    iox2.add_argument("--feedback", action="store_true")
     zmq = sub.add_parser("zmq")
     zmq.add_argument("endpoint")
     zmq.add_argument("--hwm", type=int, default=2)
@@ -198,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             read_raw(args.path, args.frame_bytes, args.stamped, log)
         elif args.kind == "shm":
             read_bare_shm(args.path, args.ring, log)
+        elif args.kind == "iox2":
+            read_iox2(args.service, args.feedback, log)
         elif args.kind == "zmq":
             read_zmq(args.endpoint, args.hwm, log)
         else:
