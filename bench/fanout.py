@@ -17,12 +17,15 @@ Baselines, same frames, same run:
   and 16 SUB processes (XPUB_NODROP: the publisher goes at the slowest subscriber's pace);
 * bare shm loop (:mod:`bench.shmring`), the limit of the shm design: one Python thread
   copying each frame into a 4-slot ring file with numpy and writing a 184-byte header to each
-  of 1, 4 or 16 reader processes through one-page FIFOs.
+  of 1, 4 or 16 reader processes through one-page FIFOs;
+* iceoryx2 (:mod:`bench.iox2`), zero-copy publish-subscribe from Python: a publisher thread
+  copying each frame into a loaned sample with numpy, 1, 4 or 16 subscriber processes woken
+  by an event service, newest wins (safe overflow, one buffered sample per subscriber).
 
 The bare FIFO and one-subscriber ZeroMQ baselines run before and after the framebus cases and
 are averaged, so a change in the machine's background load during the run moves the baseline
-with the framebus figures; each bare shm loop runs right before the framebus shm case with as
-many readers.
+with the framebus figures; each bare shm loop runs right before, and each iceoryx2 case right
+after, the framebus shm case with as many readers.
 
 Throughput counts frames fully received inside the window (payload bytes for GB/s).
 """
@@ -53,6 +56,7 @@ from bench.common import (
     ratio_text,
     wait_first,
 )
+from bench.iox2 import Iox2Writer, iox2_note
 from bench.shmring import SLOTS, BareShmWriter
 from bench.synthetic import EagerPublisher, frame_bytes, make_frames
 from framebus.fanout import FanoutLoop, SubscriberSpec
@@ -65,7 +69,7 @@ SHM_VS_ZMQ = {4: 4.0, 16: 10.0}  # aggregate targets against ZeroMQ with as many
 WINDOW_S = 2.0
 WARMUP_S = 0.5
 PIPE_SIZE = 1 << 20
-LIMIT_S = 180  # the runner's deadline for this benchmark (30 cases; about 110 s normally)
+LIMIT_S = 210  # the runner's deadline for this benchmark (36 cases; about 130 s normally)
 
 
 class Throughput:
@@ -225,6 +229,20 @@ def run_bare_shm(ctx: Context, payloads: list[bytes], readers: int, label: str) 
         writer.stop()
 
 
+def run_iox2(ctx: Context, payloads: list[bytes], readers: int, label: str) -> Throughput:
+    """iceoryx2 (:mod:`bench.iox2`): a publisher thread here, ``readers`` processes."""
+    writer = Iox2Writer(label, payloads, readers)
+    children = Children()
+    try:
+        writer.start()
+        recorders = [Recorder(children, f"iox2-{i}", writer.reader_args())
+                     for i in range(readers)]
+        return _window(ctx, recorders, label, alive=writer.alive)
+    finally:
+        children.close()
+        writer.stop()
+
+
 def run_zmq(ctx: Context, payloads: list[bytes], label: str, readers: int = 1) -> Throughput:
     """ZeroMQ PUB (this process) to ``readers`` SUB processes over ipc://."""
     import zmq
@@ -290,7 +308,7 @@ def _details(tp: Throughput) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> BenchResult:
-    """Every size: bare FIFO, ZeroMQ, framebus FIFO and shm, the bare shm loop."""
+    """Every size: bare FIFO, ZeroMQ, framebus FIFO and shm, the bare shm loop, iceoryx2."""
     result = BenchResult("fanout", "Fan-out throughput (synthetic bgr24 frames, FIFO and shm "
                          "readers)")
     result.table.append(["frames", "transport", "readers", "frames/s (all)", "frames/s each",
@@ -308,10 +326,12 @@ def run(ctx: Context) -> BenchResult:
               for n in SUBSCRIBERS}
         shm: dict[int, Throughput] = {}
         bare_shm: dict[int, Throughput] = {}
-        for n in SUBSCRIBERS:  # each next to its own baseline
+        iox: dict[int, Throughput] = {}
+        for n in SUBSCRIBERS:  # each next to its own baselines
             bare_shm[n] = run_bare_shm(ctx, payloads, n, f"bare-shm-{size}-x{n}")
             shm[n] = run_framebus(ctx, frames, n, f"framebus-shm-{size}-x{n}",
                                   profile=profiled and n in (1, 16), transport="shm")
+            iox[n] = run_iox2(ctx, payloads, n, f"iox2-{size}-x{n}")
         zmq_n = {n: run_zmq(ctx, payloads, f"zmq-{size}-x{n}", readers=n)
                  for n in SUBSCRIBERS if n > 1}
         bare_runs.append(run_bare(ctx, payloads, f"bare-{size}"))
@@ -332,8 +352,11 @@ def run(ctx: Context) -> BenchResult:
                                      bare_shm[n]))
             result.table.append(_row(size, "framebus shm", shm[n], bare, zmq_, zmq_n[n],
                                      bare_shm[n]))
+            result.table.append(_row(size, "iceoryx2", iox[n], bare, zmq_, zmq_n[n],
+                                     bare_shm[n]))
             bars[f"{size} bare shm loop x{n}"] = bare_shm[n].gbps
             bars[f"{size} framebus shm x{n}"] = shm[n].gbps
+            bars[f"{size} iceoryx2 x{n}"] = iox[n].gbps
         one = fb[1]
         result.checks.append(ratio_check(f"{size}, 1 subscriber vs bare FIFO", one.fps,
                                          "frames/s", bare.fps, "bare FIFO", ">=", 0.9))
@@ -355,6 +378,9 @@ def run(ctx: Context) -> BenchResult:
                 f"{size}, shm, {subscribers} vs bare shm loop", shm[n].fps, "frames/s",
                 bare_shm[n].fps, f"bare shm loop ({n} reader{'s' if n > 1 else ''})", ">=",
                 0.8))
+            result.checks.append(ratio_check(
+                f"{size}, shm, {subscribers} vs iceoryx2", shm[n].fps, "frames/s",
+                iox[n].fps, f"iceoryx2 ({n} subscriber{'s' if n > 1 else ''})", ">=", 1.0))
         result.details[size] = {
             "frame_bytes": len(payloads[0]),
             "bare_fifo": _details(bare),
@@ -363,14 +389,16 @@ def run(ctx: Context) -> BenchResult:
             **{f"framebus_x{n}": _details(tp) for n, tp in fb.items()},
             **{f"bare_shm_x{n}": _details(tp) for n, tp in bare_shm.items()},
             **{f"framebus_shm_x{n}": _details(tp) for n, tp in shm.items()},
+            **{f"iceoryx2_x{n}": _details(tp) for n, tp in iox.items()},
         }
     result.notes.append(f"{ctx.seconds(WINDOW_S):g} s window per case after {WARMUP_S:g} s "
                         "warm-up (shortened from 4 s + 1 s when the shm cases were added, to "
                         "keep the benchmark near 2 minutes); frames/s is the sum over readers; "
                         "FIFO pipes 1 MiB, shm pipes one page; "
                         "bare FIFO and ZeroMQ x1 are the mean of a run before and one after the "
-                        "framebus runs, each bare shm loop runs just before the framebus shm "
-                        "case with as many readers; writer cores: CPU of the writing process "
+                        "framebus runs, each bare shm loop runs just before and each iceoryx2 "
+                        "case just after the framebus shm case with as many readers; "
+                        "writer cores: CPU of the writing process "
                         "(fan-out loop and publisher, or the baseline's writer), reader cores: "
                         "all reader processes.")
     result.notes.append("shm: framebus shm subscribers read with framebus.client, the bare shm "
@@ -379,5 +407,8 @@ def run(ctx: Context) -> BenchResult:
                         "without touching them, so each side's figure is the copy into shared "
                         "memory plus per-message costs. Work directory on tmpfs (/dev/shm), as "
                         "/run/framebus is.")
+    result.notes.append(iox2_note() + " Unpaced, the publisher sends the next frame once a "
+                        "reader reports (a second event service) it took the last one, as "
+                        "EagerPublisher does.")
     result.plots["fanout_gbps"] = bars
     return result

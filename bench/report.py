@@ -190,6 +190,7 @@ def plots(results: list[BenchResult]) -> list[Path]:
             bars: dict[str, float] = result.plots["fanout_gbps"]
             fig, ax = plt.subplots(figsize=(9, 4))
             colors = ["tab:gray" if "bare" in k else "tab:orange" if "ZeroMQ" in k
+                      else "tab:purple" if "iceoryx2" in k
                       else "tab:green" if "shm" in k else "tab:blue" for k in bars]
             fig.set_size_inches(9, max(4.0, 0.25 * len(bars)))
             ax.barh(list(bars), list(bars.values()), color=colors)
