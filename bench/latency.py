@@ -18,6 +18,11 @@ way (publish to the reader holding a view of the slot). Baseline: the bare shm l
 shm, C readers: the shm run again with docs/examples/reader.c (``-l``) as the 32 consumers,
 informational: the daemon's share of the latency, without the Python client's per-message
 cost (:mod:`bench.creader`).
+
+iceoryx2 (:mod:`bench.iox2`), same run: 8 publisher threads at 25 fps with the cameras'
+phases, 4 subscriber processes each, zero-copy samples of the frame's size with a user header
+(seq, publish stamp), readers woken through an event service; latency is publish (after the
+copy into the sample) to the reader holding a view of it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 from bench.common import (
+    BenchError,
     BenchResult,
     Children,
     Context,
@@ -41,10 +47,12 @@ from bench.common import (
     info,
     measure,
     percentile,
+    ratio_check,
     value_check,
     wait_first,
 )
 from bench.creader import CReaders, build
+from bench.iox2 import Iox2Writer, iox2_note
 from bench.shmring import BareShmWriter
 from bench.synthetic import PacedPublisher, frame_bytes, make_frames
 from framebus.fanout import FanoutLoop, SubscriberSpec
@@ -59,6 +67,7 @@ WINDOW_S = 20.0
 SHM_WINDOW_S = 12.0
 BASELINE_WINDOW_S = 8.0
 WARMUP_S = 1.0
+LIMIT_S = 150  # the runner's deadline (about 90 s normally: six windows, 133 readers)
 
 
 def _stats(latencies_ns: list[int]) -> dict[str, float]:
@@ -191,6 +200,33 @@ def run_bare_shm(ctx: Context) -> list[Samples]:
         writer.stop()
 
 
+def run_iox2(ctx: Context) -> tuple[list[Samples], float, int]:
+    """iceoryx2 (:mod:`bench.iox2`) in the shm case's shape: 8 paced publisher threads (phases
+    spread as the cameras'), 4 subscriber processes each; latency is the reader's clock minus
+    the user header's publish stamp, taken after the copy into the sample."""
+    payloads = [frame_bytes(f) for f in make_frames(WIDTH, HEIGHT)]
+    writers = [Iox2Writer(f"lat-cam{c}", payloads, SUBSCRIBERS_PER_CAMERA, fps=FPS,
+                          phase_s=c / FPS / CAMERAS) for c in range(CAMERAS)]
+    children = Children()
+    try:
+        for writer in writers:
+            writer.start()
+        recorders = [Recorder(children, f"iox2-c{c}s{s}", writer.reader_args())
+                     for c, writer in enumerate(writers) for s in range(SUBSCRIBERS_PER_CAMERA)]
+        wait_first(recorders, 30)
+        time.sleep(WARMUP_S)
+        late0 = sum(w.late for w in writers)
+        window = measure(ctx.seconds(BASELINE_WINDOW_S))
+        late = sum(w.late for w in writers) - late0
+        if not all(w.alive.is_set() for w in writers):
+            raise BenchError("an iceoryx2 writer stopped")
+        return [s.window(window.t0, window.t1) for s in collect(recorders)], window.seconds, late
+    finally:
+        children.close()
+        for writer in writers:
+            writer.stop()
+
+
 def run(ctx: Context) -> BenchResult:
     """framebus latency percentiles against the bare FIFO's."""
     result = BenchResult("latency", "Latency, 8 cameras x 25 fps x 4 subscribers, 720p bgr24")
@@ -198,6 +234,7 @@ def run(ctx: Context) -> BenchResult:
     samples, seconds, late = run_framebus(ctx)
     bare_shm = run_bare_shm(ctx)
     shm_samples, shm_seconds, shm_late = run_framebus(ctx, "shm", SHM_WINDOW_S)
+    iox_samples, iox_seconds, iox_late = run_iox2(ctx)
     exe = build(ctx.workdir)
     c_lat: list[int] = []
     if exe is not None:  # the daemon's share: the same run with readers that cost ~nothing
@@ -206,17 +243,22 @@ def run(ctx: Context) -> BenchResult:
     fb_lat = [v for s in samples for v in s.latency]
     shm_lat = [v for s in shm_samples for v in s.latency]
     bare_shm_lat = [v for s in bare_shm for v in s.latency]
+    iox_lat = [v for s in iox_samples for v in s.latency]
     fb, base = _stats(fb_lat), _stats(bare.latency)
     shm, base_shm = _stats(shm_lat), _stats(bare_shm_lat)
+    iox = _stats(iox_lat)
     delivered = sum(s.frames for s in samples) / max(1, sum(s.expected() for s in samples))
     shm_delivered = (sum(s.frames for s in shm_samples)
                      / max(1, sum(s.expected() for s in shm_samples)))
+    iox_delivered = (sum(s.frames for s in iox_samples)
+                     / max(1, sum(s.expected() for s in iox_samples)))
     result.table.append(["transport", "frames", "p50 ms", "p99 ms", "max ms"])
     for name, lat, stats in (
         ("framebus (8 cams x 4 subs)", fb_lat, fb),
         ("bare FIFO (1 writer, 1 reader)", bare.latency, base),
         ("framebus shm (8 cams x 4 subs)", shm_lat, shm),
         ("bare shm loop (1 writer, 4 readers)", bare_shm_lat, base_shm),
+        ("iceoryx2 (8 publishers x 4 subs)", iox_lat, iox),
         *([("framebus shm, C readers (reader.c -l)", c_lat, _stats(c_lat))] if c_lat else []),
     ):
         result.table.append([name, str(len(lat)), fmt(stats["p50"], 3), fmt(stats["p99"], 3),
@@ -235,6 +277,17 @@ def run(ctx: Context) -> BenchResult:
                               "bare shm loop max"))
     result.checks.append(info("shm, frames delivered to the 32 readers", shm_delivered * 100,
                               "%"))
+    # the issue's absolute targets for shm with Python readers, against iceoryx2 from Python
+    result.checks.append(value_check("shm, p50 latency, issue target", shm["p50"], "ms", "<=",
+                                     0.4, iox["p50"], "iceoryx2 p50"))
+    result.checks.append(value_check("shm, p99 latency, issue target", shm["p99"], "ms", "<=",
+                                     1.0, iox["p99"], "iceoryx2 p99"))
+    for q in ("p50", "p99"):
+        result.checks.append(ratio_check(f"shm, {q} latency vs iceoryx2", shm[q], "ms", iox[q],
+                                         f"iceoryx2 {q} (8 publishers x 4 subs)", "<=", 1.0))
+    result.checks.append(info("iceoryx2, max latency", iox["max"], "ms"))
+    result.checks.append(info("iceoryx2, frames delivered to the 32 readers",
+                              iox_delivered * 100, "%"))
     if c_lat:
         c_stats = _stats(c_lat)
         result.checks.append(info("shm, C readers, p50 latency", c_stats["p50"], "ms",
@@ -254,7 +307,9 @@ def run(ctx: Context) -> BenchResult:
                       "framebus_shm_ms": shm, "bare_shm_ms": base_shm,
                       "shm_delivered": shm_delivered, "shm_late_publishes": shm_late,
                       "shm_window_s": shm_seconds,
-                      "shm_aggregate_gbps": sum(s.bytes for s in shm_samples) / shm_seconds / 1e9}
+                      "shm_aggregate_gbps": sum(s.bytes for s in shm_samples) / shm_seconds / 1e9,
+                      "iceoryx2_ms": iox, "iceoryx2_delivered": iox_delivered,
+                      "iceoryx2_late_publishes": iox_late, "iceoryx2_window_s": iox_seconds}
     result.notes.append(f"{ctx.seconds(WINDOW_S):g} s window (baseline "
                         f"{ctx.seconds(BASELINE_WINDOW_S):g} s); {late} publishes ran late; "
                         f"{delivered * 100:.2f}% of published frames reached every reader; "
@@ -266,8 +321,14 @@ def run(ctx: Context) -> BenchResult:
                         f"latency is publish (after the copy into shared memory) to the "
                         f"reader's view of the slot; aggregate "
                         f"{result.details['shm_aggregate_gbps']:.2f} GB/s of views.")
+    result.notes.append(f"iceoryx2: the shm case's shape (8 publisher threads at 25 fps, 4 "
+                        f"subscriber processes each), {ctx.seconds(BASELINE_WINDOW_S):g} s "
+                        f"window; {iox_late} publishes ran late; {iox_delivered * 100:.2f}% "
+                        f"delivered; latency is publish (after the copy into the sample) to the "
+                        f"reader's view of it. " + iox2_note())
     result.plots["latency_ms"] = {"framebus": [v / 1e6 for v in fb_lat],
                                   "bare FIFO": [v / 1e6 for v in bare.latency],
                                   "framebus shm": [v / 1e6 for v in shm_lat],
-                                  "bare shm loop": [v / 1e6 for v in bare_shm_lat]}
+                                  "bare shm loop": [v / 1e6 for v in bare_shm_lat],
+                                  "iceoryx2": [v / 1e6 for v in iox_lat]}
     return result
