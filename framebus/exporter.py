@@ -3,7 +3,12 @@
 The store calls ``export`` in the decoder thread after converting a frame and before publishing
 it, and ``release`` when a newer frame replaces it; the fan-out loop registers subscribers
 (``want``/``unwant``) and pins the slots it names in messages. A key is what subscribers can
-share a segment by: camera, rendition, the directory of their FIFOs, and the permissions.
+share a segment by: camera, rendition, the directory of their FIFOs, and the permissions. A
+multi-camera subscriber wants one key per camera, so each camera's frames live in that
+camera's own segment, shared with every other shm subscriber of the key.
+
+The exporter knows frames only as (camera, seq, payloads): it does not import the store, which
+imports it (tests/test_layers.py).
 
 Invariants:
 
@@ -21,15 +26,13 @@ import itertools
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from framebus.rendition import Payload, Rendition
 from framebus.shm import Segment, ShmError, ShmFrame, new_segment_path, segment_mode, slot_size_for
 from framebus.slots import capacity
-
-if TYPE_CHECKING:
-    from framebus.store import Payload, Rendition, StoredFrame
 
 RETRY_S = 1.0
 
@@ -99,10 +102,14 @@ class ShmExporter:
         """Every key and its state."""
         return [(k, s) for states in list(self._keys.values()) for k, s in list(states.items())]
 
-    def export(self, stored: StoredFrame) -> None:
-        """Decoder thread: copy each wanted rendition of the frame into a free slot."""
-        for key, state in list(self._keys.get(stored.camera, {}).items()):
-            payload = stored.renditions.get(key.rendition)
+    def export(self, camera: str, seq: int,
+               renditions: Mapping[Rendition, Payload]) -> dict[ShmKey, ShmFrame]:
+        """Decoder thread: copy each wanted rendition of frame ``seq`` of ``camera`` into a
+        free slot of its key's segment. The copies come back pinned once, for the caller (the
+        store's newest frame), until it passes them to ``release``."""
+        copies: dict[ShmKey, ShmFrame] = {}
+        for key, state in list(self._keys.get(camera, {}).items()):
+            payload = renditions.get(key.rendition)
             if payload is None or state.subscribers <= 0:
                 continue
             segment = self._segment_for(key, state, payload)
@@ -112,15 +119,16 @@ class ShmExporter:
             if ref is None:  # cannot happen while capacity() holds; counted if it does
                 state.failures["no_free_slot"] += 1
                 continue
-            location = segment.write(ref, stored.seq, payload)
-            stored.shm[key] = ShmFrame(segment, ref, location)
+            location = segment.write(ref, seq, payload)
+            copies[key] = ShmFrame(segment, ref, location)
             state.exported += 1
+        return copies
 
-    def release(self, stored: StoredFrame) -> None:
-        """A newer frame replaced ``stored`` in the store: drop the store's pins of it."""
-        for shm in stored.shm.values():
+    def release(self, shm_frames: Iterable[ShmFrame]) -> None:
+        """A newer frame replaced the one these copies are of: drop the pins ``export`` gave
+        them (whoever was sent them keeps its own)."""
+        for shm in shm_frames:
             shm.segment.pool.unpin(shm.ref)
-        stored.shm.clear()
         if self._retired:
             self._reap()
 

@@ -43,8 +43,8 @@ from framebus.errors import FramebusError, ProtocolError
 from framebus.slots import SlotPool, SlotRef
 from framebus.wire import SHM_ALIGN, EncodedHeader, FrameHeader, ShmLocation
 
-if TYPE_CHECKING:
-    from framebus.store import Payload
+if TYPE_CHECKING:  # for the annotation only: readers import this module and need no PyAV
+    from framebus.rendition import Payload
 
 SEGMENT_MAGIC: Final = b"FBSM"
 STAMP_MAGIC: Final = b"FBSL"

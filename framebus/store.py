@@ -13,6 +13,11 @@ Invariants:
 * With an ``exporter`` (shm subscribers), the wanted renditions are also copied once into
   shared memory before publishing; the newest frame pins its slots until a newer one replaces
   it (``exporter.release``), so a new reader can always be sent the newest frame.
+
+Layers: the store uses the exporter, which uses the segments (``shm``), and all of them speak
+the rendition vocabulary of ``framebus.rendition``; nothing below imports the store
+(tests/test_layers.py). ``Rendition``, ``Payload``, ``render`` and their constants are
+re-exported here for the callers that import them from the store.
 """
 
 from __future__ import annotations
@@ -23,27 +28,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import av
 
-from framebus.imaging import convert, encode_image
-from framebus.wire import CaptureSource, EncodedHeader, Flags, FrameHeader, PixelFormat, Plane
-
-if TYPE_CHECKING:
-    from framebus.exporter import ShmExporter, ShmKey
-    from framebus.shm import ShmFrame
-
-AV_FORMAT = {
-    PixelFormat.BGR24: "bgr24",
-    PixelFormat.RGB24: "rgb24",
-    PixelFormat.GRAY: "gray",
-    PixelFormat.YUV420P: "yuv420p",
-    PixelFormat.NV12: "nv12",
-}
-
-
-DEFAULT_QUALITY = 85
+from framebus.exporter import ShmExporter, ShmKey
+from framebus.rendition import AV_FORMAT as AV_FORMAT
+from framebus.rendition import DEFAULT_QUALITY as DEFAULT_QUALITY
+from framebus.rendition import ON_DEMAND_KEPT as ON_DEMAND_KEPT
+from framebus.rendition import Payload as Payload
+from framebus.rendition import Rendition as Rendition
+from framebus.rendition import render as render
+from framebus.shm import ShmFrame
+from framebus.wire import CaptureSource, EncodedHeader, Flags, FrameHeader
 
 
 def new_instance() -> int:
@@ -62,52 +58,6 @@ def _redraw_instance() -> None:
 
 
 os.register_at_fork(after_in_child=_redraw_instance)  # a forked daemon is another process
-
-
-@dataclass(frozen=True, slots=True)
-class Rendition:
-    """A (format, size) a consumer wants. A missing side keeps the aspect ratio; none: native."""
-
-    format: PixelFormat
-    width: int | None = None
-    height: int | None = None
-    quality: int = DEFAULT_QUALITY  # jpeg only
-
-    def __post_init__(self) -> None:
-        if self.format is not PixelFormat.JPEG and self.quality != DEFAULT_QUALITY:
-            # raw frames have no quality: gray at "quality 50" is the same rendition as gray
-            object.__setattr__(self, "quality", DEFAULT_QUALITY)
-
-    def size_for(self, native_width: int, native_height: int) -> tuple[int, int]:
-        """The output size for a frame of the given native size: never larger than it (a
-        request cannot make the daemon upscale into gigabytes), the asked aspect kept."""
-        if self.width and self.height:
-            width, height = self.width, self.height
-        elif self.width:
-            width, height = self.width, max(1, round(native_height * self.width / native_width))
-        elif self.height:
-            width, height = max(1, round(native_width * self.height / native_height)), self.height
-        else:
-            return native_width, native_height
-        if width > native_width or height > native_height:
-            scale = min(native_width / width, native_height / height)
-            width, height = max(1, int(width * scale)), max(1, int(height * scale))
-        return width, height
-
-
-ON_DEMAND_KEPT = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Payload:
-    """One rendition of one frame: the bytes to send, as buffers to pass to writev."""
-
-    format: PixelFormat
-    width: int
-    height: int
-    buffers: tuple[memoryview, ...]
-    planes: tuple[Plane, ...]
-    nbytes: int
 
 
 @dataclass(slots=True)
@@ -156,26 +106,6 @@ class StoredFrame:
             capture_source=self.capture_source, publish_mono_ns=self.publish_mono_ns,
             flags=Flags.KEYFRAME if self.keyframe else Flags.NONE, instance=INSTANCE,
         )
-
-
-def render(frame: av.VideoFrame, rendition: Rendition) -> tuple[Payload, bool]:
-    """Make one rendition of a frame; the flag says whether a conversion was needed."""
-    width, height = rendition.size_for(frame.width, frame.height)
-    if rendition.format is PixelFormat.JPEG:
-        scaled = frame if (width, height) == (frame.width, frame.height) else convert(
-            frame, width, height)
-        data = memoryview(encode_image(scaled, "jpeg", rendition.quality))
-        return Payload(PixelFormat.JPEG, width, height, (data,), (Plane(0, 0),), len(data)), True
-    name = AV_FORMAT[rendition.format]
-    converted = (width, height) != (frame.width, frame.height) or frame.format.name != name
-    out = convert(frame, width, height, name) if converted else frame
-    buffers, planes, offset = [], [], 0
-    for plane in out.planes:
-        buffers.append(memoryview(plane).cast("B"))
-        planes.append(Plane(offset, plane.line_size))
-        offset += plane.buffer_size
-    payload = Payload(rendition.format, width, height, tuple(buffers), tuple(planes), offset)
-    return payload, converted
 
 
 class LatestFrameStore:
@@ -229,13 +159,15 @@ class LatestFrameStore:
             self._render_into(stored, rendition)
         exporter = self.exporter
         if exporter is not None:
-            exporter.export(stored)  # the one copy per rendition into shared memory
+            # the one copy per rendition into shared memory, each pinned once for the store
+            stored.shm = exporter.export(stored.camera, stored.seq, stored.renditions)
         stored.publish_mono_ns = time.monotonic_ns()
         self._seq[stored.camera] = stored.seq
         previous = self._latest.get(stored.camera)
         self._latest[stored.camera] = stored
         if previous is not None and exporter is not None:
-            exporter.release(previous)  # its slots stay pinned by whoever was sent them
+            exporter.release(previous.shm.values())  # still pinned by whoever was sent them
+            previous.shm = {}
         with self.published:
             self.published.notify_all()
         for callback in self._listeners:
@@ -282,4 +214,5 @@ class LatestFrameStore:
         """Drop a removed camera's newest frame."""
         previous = self._latest.pop(camera, None)
         if previous is not None and self.exporter is not None:
-            self.exporter.release(previous)
+            self.exporter.release(previous.shm.values())
+            previous.shm = {}
