@@ -33,7 +33,7 @@ from framebus.config import CameraConfig
 from framebus.failures import describe_error, failure_reason, unresolvable
 from framebus.store import LatestFrameStore, StoredFrame
 from framebus.urls import redact_url, url_with_credentials
-from framebus.wire import CaptureSource
+from framebus.wire import CaptureSource, StreamState
 
 log = logging.getLogger("framebus.camera")
 
@@ -48,6 +48,19 @@ class CameraState(StrEnum):
     AUTH_FAILED = "auth_failed"
     UNSUPPORTED = "unsupported"
     STOPPED = "stopped"
+
+
+# what a camera state means to a subscriber (PROTOCOL.md STATE messages)
+_WIRE_STATE = {
+    CameraState.CONNECTING: StreamState.RECONNECTING,
+    CameraState.STREAMING: StreamState.STREAMING,
+    CameraState.STALLED: StreamState.RECONNECTING,
+    CameraState.BACKOFF: StreamState.RECONNECTING,
+    CameraState.AUTH_FAILED: StreamState.DOWN,
+    CameraState.UNSUPPORTED: StreamState.DOWN,
+    CameraState.STOPPED: StreamState.DOWN,
+}
+QUIET_MIN_S = 1.0  # a streaming camera without a frame for this long (or 3 intervals) is idle
 
 
 class _Abandoned(Exception):
@@ -122,6 +135,7 @@ class Camera:
         self._deadline = float("inf")  # watchdog: the current phase must make progress by then
         self._lock = threading.Lock()
         self._last_logged: tuple[CameraState, str] | None = None
+        self._quiet = False  # subscribers were told it is idle (no frame for a while)
 
     # -- life cycle (supervisor thread) ---------------------------------------------------
 
@@ -149,7 +163,10 @@ class Camera:
 
     def watchdog(self, now: float) -> bool:
         """Supervisor tick: restart a thread that missed its deadline; True if it did."""
-        if self._stop.is_set() or now <= self._deadline:
+        if self._stop.is_set():
+            return False
+        if now <= self._deadline:
+            self._check_quiet(now)
             return False
         if self.state is CameraState.STREAMING:
             self._set_state(CameraState.STALLED, f"no frame for {self.config.stall_timeout:g}s")
@@ -161,6 +178,16 @@ class Camera:
             self._abandoned.add(self._generation)
         self.start()  # the old generation notices it was abandoned when PyAV returns
         return True
+
+    def _check_quiet(self, now: float) -> None:
+        """Tell subscribers a streaming camera went quiet, well before the stall timeout."""
+        stats = self.stats
+        quiet_after = max(QUIET_MIN_S, 3 * stats.frame_interval)
+        if (self.state is CameraState.STREAMING and not self._quiet and stats.last_frame_mono
+                and now - stats.last_frame_mono > quiet_after):
+            self._quiet = True
+            self.store.set_state(self.name, StreamState.IDLE,
+                                 f"no frame for {quiet_after:.1f}s", stats.epoch)
 
     @property
     def idle(self) -> bool:
@@ -332,6 +359,9 @@ class Camera:
                             f"{frame.width}x{frame.height} {stats.codec}")
         else:
             self._backoff.healthy(now)
+            if self._quiet:  # frames again after a quiet spell: same epoch
+                self._quiet = False
+                self.store.set_state(self.name, StreamState.STREAMING, self.reason, epoch)
         pts = frame.pts
         if realtime_us and pts is not None:
             offset_ns = int((pts - start_pts) * time_base * 1_000_000_000)
@@ -356,6 +386,10 @@ class Camera:
         if state is not self.state:
             self.stats.state_since_mono = time.monotonic()
         self.state, self.reason = state, reason
+        self._quiet = False
+        wire = _WIRE_STATE[state]
+        self.store.set_state(self.name, wire, reason if wire is StreamState.STREAMING
+                             else f"{state.value}: {reason}", self.stats.epoch)
         retrying = state is CameraState.CONNECTING and self._backoff.failures > 0
         if retrying or (state, reason) == self._last_logged:
             return

@@ -186,6 +186,9 @@ class SubscriberConfig(_Strict):
     group: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
     # shm: pixels go through a shared-memory segment beside the FIFO, headers through the FIFO
     transport: Literal["fifo", "shm"] = "fifo"
+    # protocol 1.2 STATE messages (camera reconnecting, down, idle, back) in the stream; off
+    # keeps the stream readable by 1.0/1.1 readers, which reject them
+    state_messages: bool = True
 
     @model_validator(mode="after")
     def _one_camera_source(self) -> SubscriberConfig:

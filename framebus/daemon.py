@@ -210,7 +210,8 @@ class Daemon:
                               cameras=names if sub.cameras is not None else (),
                               path=sub.fifo or config.fifo_dir / f"{name}.fifo",
                               max_fps=sub.max_fps, pipe_size=sub.pipe_size, mode=sub.mode,
-                              group=sub.group, transport=sub.transport)
+                              group=sub.group, transport=sub.transport,
+                              state_messages=sub.state_messages)
 
     def status_line(self) -> str:
         """E.g. "7/8 cameras streaming, 12 subscribers" (systemd STATUS=)."""

@@ -41,14 +41,17 @@ from framebus.sending import (
     PARK_S,
     SHM_PIPE_SIZE,
     LatencyHistogram,
+    StateSending,
     Subscriber,
     SubscriberSpec,
     Token,
     fifo_outgoing,
     release,
     shm_outgoing,
+    state_outgoing,
 )
-from framebus.store import LatestFrameStore, Payload, Rendition, StoredFrame
+from framebus.store import CameraStatus, LatestFrameStore, Payload, Rendition, StoredFrame
+from framebus.wire import StreamState
 
 __all__ = ["LATENCY_BUCKETS_S", "FanoutLoop", "LatencyHistogram", "Subscriber", "SubscriberSpec"]
 
@@ -76,6 +79,7 @@ class FanoutLoop:
         self._epoll.register(self._waker, select.EPOLLIN)
         self._retiring: list[Subscriber] = []
         self._woken: deque[str] = deque()
+        self._states_woken: deque[tuple[str, CameraStatus]] = deque()
         self._commands: deque[Callable[[], None]] = deque()
         self._stopping = False
         self._drain_deadline_ns = 0
@@ -85,6 +89,7 @@ class FanoutLoop:
         self.exporter: ShmExporter = store.exporter
         self._thread = threading.Thread(target=self._run, name="fanout", daemon=True)
         store.add_listener(self.wake)
+        store.add_state_listener(self.wake_state)
 
     # -- other threads ----------------------------------------------------------------------
 
@@ -95,6 +100,11 @@ class FanoutLoop:
     def wake(self, camera: str) -> None:
         """Decoder thread: a new frame of ``camera`` is in the store."""
         self._woken.append(camera)
+        os.eventfd_write(self._waker, 1)
+
+    def wake_state(self, camera: str, status: CameraStatus) -> None:
+        """Decoder or watchdog thread: ``camera``'s state changed; tell its subscribers."""
+        self._states_woken.append((camera, status))
         os.eventfd_write(self._waker, 1)
 
     def call(self, command: Callable[[], None]) -> None:
@@ -199,6 +209,11 @@ class FanoutLoop:
             os.eventfd_read(self._waker)
         while self._commands:
             self._commands.popleft()()
+        while self._states_woken:
+            camera, status = self._states_woken.popleft()
+            for sub in self._by_camera.get(camera, ()):
+                if sub.connected and not self._stopping:
+                    self._offer_state(sub, camera, status)
         seen: set[str] = set()
         while self._woken:
             camera = self._woken.popleft()
@@ -214,6 +229,11 @@ class FanoutLoop:
         for sub in self._by_camera.get(camera, ()):
             if sub.connected:
                 self._offer(sub, frame, now)
+
+    def _offer_state(self, sub: Subscriber, camera: str, status: CameraStatus) -> None:
+        if sub.spec.state_messages:
+            sub.outbox.offer_state(state_outgoing(camera, status.message))
+            self._flush(sub)
 
     def _offer(self, sub: Subscriber, frame: StoredFrame, now: int) -> None:
         payload = frame.renditions.get(sub.spec.rendition)
@@ -262,7 +282,8 @@ class FanoutLoop:
             if ledger is not None:
                 ledger.advance(written)
             if outbox.wrote(written) and (done := outbox.last_completed) is not None:
-                sub.latency.observe((time.monotonic_ns() - done.publish_mono_ns) / 1e9)
+                if not isinstance(done, StateSending):
+                    sub.latency.observe((time.monotonic_ns() - done.publish_mono_ns) / 1e9)
                 if ledger is not None:
                     ledger.record(sub.message_start, done)  # its pin travels with the ledger
         if sub.retiring and not outbox.has_bytes:
@@ -321,6 +342,9 @@ class FanoutLoop:
             log.info("subscriber %s: reader connected (pipe %d bytes)", sub.spec.name,
                      sub.pipe_size, extra={"SUBSCRIBER": sub.spec.name})
             for camera in sub.spec.all_cameras:  # a new reader starts with the newest frames
+                status = self.store.state(camera)  # and hears why a camera sends none
+                if status is not None and status.state is not StreamState.STREAMING:
+                    self._offer_state(sub, camera, status)
                 frame = self.store.latest(camera)
                 if frame is not None:
                     self._offer(sub, frame, now)

@@ -23,6 +23,9 @@ Invariants:
 * ``missed`` in each sent header is the number of frames of the camera since the previous
   sent one of the same camera, so the gaps a reader sees in each camera's ``seq`` equal the
   drops counted here for that stream.
+* STATE messages (``offer_state``) wait in a slot of their own per stream, a newer one
+  replacing an older one, and go out before waiting frames (they are small and say why frames
+  stopped). They are not frames: no rate limit, no seq, no part in the frame counters.
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ class Outbox(Generic[T]):
         self._in_flight: Outgoing[T] | None = None
         self._in_flight_stats = OutboxStats()  # its stream's counters (set when it is begun)
         self._pending: dict[str, Outgoing[T]] = {}  # per stream, in the order they began waiting
+        self._states: dict[str, Outgoing[T]] = {}  # STATE messages waiting, per stream
+        self._uncounted = OutboxStats()  # a STATE message's counters: it is not a frame
         self._last_seq: dict[str, int] = {}  # per stream: seq of the last message begun
         self.last_completed: T | None = None  # the frame whose last byte was just written
 
@@ -120,7 +125,7 @@ class Outbox(Generic[T]):
     @property
     def has_bytes(self) -> bool:
         """True while there is something to write (the loop wants EPOLLOUT exactly then)."""
-        return bool(self._chunks) or bool(self._pending)
+        return bool(self._chunks) or bool(self._pending) or bool(self._states)
 
     @property
     def mid_message(self) -> bool:
@@ -172,6 +177,12 @@ class Outbox(Generic[T]):
             self._let_go(replaced)
         self._pending[stream] = outgoing  # a replaced one keeps its stream's place in line
 
+    def offer_state(self, outgoing: Outgoing[T]) -> None:
+        """A STATE message for ``outgoing.stream``; replaces one of that stream still waiting
+        (only the newest state matters)."""
+        self._let_go(self._states.pop(outgoing.stream, None))
+        self._states[outgoing.stream] = outgoing
+
     def _let_go(self, outgoing: Outgoing[T] | None) -> None:
         if outgoing is not None and self.release is not None:
             self.release(outgoing.token)
@@ -179,7 +190,12 @@ class Outbox(Generic[T]):
     def chunks(self) -> list[memoryview]:
         """The bytes to write next: the rest of the in-flight message, or the next one begun
         (the stream that has waited longest)."""
-        if not self._chunks and self._pending:
+        if not self._chunks and self._states:
+            stream = next(iter(self._states))
+            outgoing = self._states.pop(stream)
+            self._chunks = outgoing.encode(0)
+            self._in_flight, self._in_flight_stats = outgoing, self._uncounted
+        elif not self._chunks and self._pending:
             stream = next(iter(self._pending))
             outgoing = self._pending.pop(stream)
             last = self._last_seq.get(stream)
@@ -213,9 +229,11 @@ class Outbox(Generic[T]):
         """The reader left: whatever was in flight or pending is lost; the next reader starts
         at a message boundary with the newest frames."""
         for outgoing in self._holding():
-            self._count(outgoing.stream, READER_GONE)
+            if outgoing is not self._in_flight or self._in_flight_stats is not self._uncounted:
+                self._count(outgoing.stream, READER_GONE)  # frames only, not a STATE message
             self._let_go(outgoing)
         self._chunks, self._in_flight, self._pending = [], None, {}
+        self._states.clear()
         self._last_seq.clear()
 
     def _holding(self) -> list[Outgoing[T]]:
@@ -233,3 +251,4 @@ class Outbox(Generic[T]):
             self._let_go(outgoing)
             self._count(outgoing.stream, SHUTDOWN)
         self._pending = {}
+        self._states.clear()

@@ -40,6 +40,7 @@ class SubscriberSpec:
     group: str | None = None
     transport: str = "fifo"
     cameras: tuple[str, ...] = ()  # a multi-camera subscriber's cameras (camera is the first)
+    state_messages: bool = True  # STATE messages (PROTOCOL.md, revision 1.2) in the stream
 
     @property
     def all_cameras(self) -> tuple[str, ...]:
@@ -113,13 +114,30 @@ class ShmSending(_Message):
         self.shm.segment.pool.unpin(self.shm.ref)
 
 
-Token = Sending | ShmSending
+@dataclass(frozen=True, slots=True)
+class StateSending:
+    """A STATE message: a camera's state, encoded once and sent as is to its subscribers."""
+
+    data: bytes
+
+    def encode(self, _missed: int) -> list[memoryview]:
+        """The whole message (STATE messages take no part in missed)."""
+        return [memoryview(self.data)]
+
+
+Token = Sending | ShmSending | StateSending
 
 
 def release(token: Token) -> None:
     """Outbox hook: a token dropped without being sent gives back its pin."""
     if isinstance(token, ShmSending):
         token.unpin()
+
+
+def state_outgoing(camera: str, data: bytes) -> Outgoing[Token]:
+    """A STATE message for ``camera``'s subscribers (``data`` from ``wire.encode_state``)."""
+    sending = StateSending(data)
+    return Outgoing(0, sending, sending.encode, camera)
 
 
 def fifo_outgoing(frame: StoredFrame, payload: Payload) -> Outgoing[Token]:

@@ -39,7 +39,15 @@ from framebus.rendition import Payload as Payload
 from framebus.rendition import Rendition as Rendition
 from framebus.rendition import render as render
 from framebus.shm import ShmFrame
-from framebus.wire import CaptureSource, EncodedHeader, Flags, FrameHeader
+from framebus.wire import (
+    CaptureSource,
+    EncodedHeader,
+    Flags,
+    FrameHeader,
+    StateHeader,
+    StreamState,
+    encode_state,
+)
 
 
 def new_instance() -> int:
@@ -108,8 +116,20 @@ class StoredFrame:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CameraStatus:
+    """A camera's state as subscribers are told it (PROTOCOL.md STATE messages), with the
+    message encoded once for all of them."""
+
+    state: StreamState
+    reason: str
+    epoch: int
+    message: bytes
+
+
 class LatestFrameStore:
-    """Newest frame per camera, the renditions subscribers want, and publish notifications."""
+    """Newest frame per camera, the renditions subscribers want, and publish notifications;
+    each camera's state for STATE messages."""
 
     def __init__(self) -> None:
         self._latest: dict[str, StoredFrame] = {}
@@ -118,6 +138,9 @@ class LatestFrameStore:
         self._wanted_lock = threading.Lock()
         self._render_lock = threading.Lock()
         self._listeners: list[Callable[[str], None]] = []
+        self._state_listeners: list[Callable[[str, CameraStatus], None]] = []
+        self._states: dict[str, CameraStatus] = {}
+        self._state_lock = threading.Lock()
         self.conversions: Counter[tuple[str, Rendition]] = Counter()
         self.on_demand: Counter[str] = Counter()  # conversions for requests, per camera
         self.published = threading.Condition()
@@ -126,6 +149,30 @@ class LatestFrameStore:
     def add_listener(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(camera)`` after every publish (it must not block)."""
         self._listeners.append(callback)
+
+    def add_state_listener(self, callback: Callable[[str, CameraStatus], None]) -> None:
+        """Call ``callback(camera, status)`` after every change of a camera's state (must not
+        block)."""
+        self._state_listeners.append(callback)
+
+    def set_state(self, camera: str, state: StreamState, reason: str, epoch: int) -> None:
+        """A camera's decoder or watchdog: the camera is now ``state``. Only a change of the
+        state itself is told to subscribers (a retry that fails again the same way is not)."""
+        with self._state_lock:
+            current = self._states.get(camera)
+            if current is not None and current.state is state:
+                return
+            header = StateHeader(camera, state, seq=self._seq.get(camera, 0), epoch=epoch,
+                                 capture_time_ns=time.time_ns(),
+                                 publish_mono_ns=time.monotonic_ns(), instance=INSTANCE)
+            status = self._states[camera] = CameraStatus(state, reason, epoch,
+                                                         encode_state(header, reason))
+        for callback in self._state_listeners:
+            callback(camera, status)
+
+    def state(self, camera: str) -> CameraStatus | None:
+        """A camera's state as last set (None before its first)."""
+        return self._states.get(camera)
 
     def want(self, camera: str, rendition: Rendition) -> None:
         """A subscriber wants this rendition of this camera (reference counted)."""
@@ -211,7 +258,8 @@ class LatestFrameStore:
         return found
 
     def forget(self, camera: str) -> None:
-        """Drop a removed camera's newest frame."""
+        """Drop a removed camera's newest frame and state."""
+        self._states.pop(camera, None)
         previous = self._latest.pop(camera, None)
         if previous is not None and self.exporter is not None:
             self.exporter.release(previous.shm.values())

@@ -5,7 +5,9 @@
 threads hand small per-frame samples (camera, size, format, latency, misses: never the pixels,
 whose buffer the subscriber reuses) to the main thread through a bounded queue, and the main
 thread prints one line per second per camera. A camera seen on more than one FIFO (two
-subscribers of one camera) gets one line per FIFO, labelled ``camera@fifo``.
+subscribers of one camera) gets one line per FIFO, labelled ``camera@fifo``. What a stream says
+besides frames (a camera reconnecting, down, idle or back; a daemon restart) is printed as it
+comes, one line each.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from framebus.client import Frame, Subscriber
+from framebus.client import Frame, StreamEvent, Subscriber
 from framebus.imaging import ImageKind, encode_image, to_video_frame
 from framebus.wire import PixelFormat
 
@@ -88,13 +90,29 @@ class _ReaderFailed:
     error: BaseException
 
 
-_Item = Sample | _ReaderFailed
+@dataclass(frozen=True, slots=True)
+class _Event:
+    path: Path
+    event: StreamEvent
+
+    def line(self) -> str:
+        """E.g. ``lobby: reconnecting (backoff: connection refused)``."""
+        event = self.event
+        if not event.camera:
+            return f"{self.path}: {event.kind} ({event.reason})"
+        return f"{event.camera}: {event.kind} ({event.reason})"
+
+
+_Item = Sample | _ReaderFailed | _Event
 
 
 def _read_fifo(path: Path, samples: queue.Queue[_Item], stop: threading.Event) -> None:
     """Reader thread: turn every frame on ``path`` into a sample until ``stop`` is set."""
     try:
-        with Subscriber(path, reopen=True) as sub:
+        def on_event(event: StreamEvent) -> None:
+            _put(samples, _Event(path, event), stop)
+
+        with Subscriber(path, reopen=True, on_event=on_event) as sub:
             while not stop.is_set():
                 try:
                     frame = sub.read(timeout=_READ_POLL_S)
@@ -179,6 +197,9 @@ def _watch_loop(
             continue
         if isinstance(item, _ReaderFailed):
             raise item.error
+        if isinstance(item, _Event):
+            print(item.line(), file=out, flush=True)
+            continue
         camera_paths.setdefault(item.camera, set()).add(item.path)
         windows.setdefault((item.camera, item.path), CameraWindow()).add_sample(item)
         seen += 1

@@ -55,7 +55,7 @@ HEADER_SHM_LEN: Final = HEADER_V1_LEN + SHM_FIELDS.size  # 224
 V12_FIELDS: Final = struct.Struct("<QB7x")
 HEADER_LEN: Final = HEADER_SHM_LEN + V12_FIELDS.size  # 240: every message a 1.2 writer sends
 _INSTANCE: Final = struct.Struct("<Q")
-_INSTANCE_END: Final = HEADER_SHM_LEN + _INSTANCE.size  # a header this long has the instance
+_INSTANCE_END: Final = HEADER_SHM_LEN + _INSTANCE.size  # a header this long has one
 SHM_NAME = re.compile(r"fbshm-[0-9]{1,10}-[0-9]{1,15}")  # at most 32 bytes: the field's size
 SHM_NAME_LEN: Final = 32
 STATE_REASON_MAX: Final = 256
@@ -382,9 +382,9 @@ def _state_header(fields: tuple[Any, ...], data: bytes | bytearray | memoryview,
     if len(data) < HEADER_LEN:
         raise ProtocolError(f"state message needs header length >= {HEADER_LEN}, "
                             f"got {len(data)}")
-    flags = fields[11]
-    if flags & (_SHM_BIT | Flags.KEYFRAME):
-        raise ProtocolError(f"state message with frame flags {flags:#x}")
+    frame_flags = fields[11] & (_SHM_BIT | Flags.KEYFRAME)
+    if frame_flags:
+        raise ProtocolError(f"state message with frame flags {frame_flags:#x}")
     fmt_code, _source, _flags, plane_count, _reserved, width, height = fields[9:16]
     if fmt_code or width or height or plane_count:
         raise ProtocolError("state message with a frame shape")

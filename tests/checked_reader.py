@@ -4,9 +4,11 @@ checks every message, counting anything torn.
     python checked_reader.py FIFO [--cycles N] [--reopen-delay-us MAX] [--max-seconds S]
 
 Prints one JSON line per frame: ``{"seq", "missed", "epoch", "w", "h", "camera", "pub", "t",
-"open"}`` (``pub`` is the daemon's publish time and ``t`` the receive time, both
+"open", "instance"}`` (``pub`` is the daemon's publish time and ``t`` the receive time, both
 CLOCK_MONOTONIC nanoseconds, comparable with the test's ``time.monotonic_ns()``; ``open``
-counts the reader's opens of the FIFO), and ``{"opened": N, "t": ...}`` when it opens the FIFO
+counts the reader's opens of the FIFO), one per stream event (a STATE message or a daemon
+restart seen in the stream): ``{"event", "camera", "reason", "epoch", "seq", "t"}``, and
+``{"opened": N, "t": ...}`` when it opens the FIFO
 itself (the first time, after a protocol error, and every cycle). It ends when its stdin is
 closed (the test's way to stop it cleanly), after ``--max-seconds`` (it never outlives a
 crashed test), or after ``--cycles`` opens, and then prints a summary line::
@@ -19,8 +21,9 @@ What counts as torn:
 * ``truncated`` — EOF inside a message (the client in reopen mode drops it and carries on);
 * ``protocol_errors`` — a message that fails validation (``ProtocolError``), i.e. the reader
   was not at a message boundary: the reader then closes the FIFO and opens it again;
-* ``seq_errors`` — within one open of the FIFO, two consecutive messages of a camera whose
-  ``seq`` does not advance by exactly ``1 + missed`` (PROTOCOL.md section 8), or go back;
+* ``seq_errors`` — within one open of the FIFO and one daemon instance, two consecutive
+  messages of a camera whose ``seq`` does not advance by exactly ``1 + missed`` (PROTOCOL.md
+  section 8), or go back;
 * ``spliced`` — a message that passed validation but whose payload contains the start of
   another message (``FBUS`` + version 1): a message cut short and continued by the bytes of
   the next one. Video never contains these six bytes by chance (odds ~2^-48 per position).
@@ -40,7 +43,7 @@ import sys
 import threading
 import time
 
-from framebus.client import Frame, Subscriber
+from framebus.client import Frame, StreamEvent, Subscriber
 from framebus.errors import ProtocolError
 
 POLL_S = 0.2  # how often a waiting read looks at the stop flag
@@ -59,8 +62,18 @@ class Checker:
         self.stale = 0  # shm frames whose slot was rewritten before they were read: skipped
         self.spliced = 0
         self.opens = 0
+        self.restarts = 0
         self.errors: list[str] = []
         self._last: dict[str, int] = {}
+
+    def event(self, event: StreamEvent) -> None:
+        """A STATE message or a restart: print it; a restart voids the seq arithmetic."""
+        if event.kind == "restart":
+            self.restarts += 1
+            self._last.clear()
+        print(json.dumps({"event": event.kind, "camera": event.camera, "reason": event.reason,
+                          "epoch": event.epoch, "seq": event.seq,
+                          "t": event.received_mono_ns}), flush=True)
 
     def new_open(self) -> None:
         """Everything known about the stream is void after a reopen (PROTOCOL.md 10)."""
@@ -80,7 +93,8 @@ class Checker:
         self.frames += 1
         print(json.dumps({"seq": h.seq, "missed": h.missed, "epoch": h.epoch, "w": h.width,
                           "h": h.height, "camera": h.camera, "pub": h.publish_mono_ns,
-                          "t": frame.received_mono_ns, "open": open_index}), flush=True)
+                          "t": frame.received_mono_ns, "open": open_index,
+                          "instance": h.instance}), flush=True)
 
     def protocol_error(self, exc: ProtocolError) -> None:
         """A message that was not whole or not at a boundary."""
@@ -97,6 +111,7 @@ class Checker:
                            "protocol_errors": self.protocol_errors,
                            "seq_errors": self.seq_errors, "spliced": self.spliced,
                            "opens": self.opens, "stale": self.stale,
+                           "restarts": self.restarts,
                            "errors": self.errors})
 
 
@@ -113,7 +128,7 @@ def watch_stdin(stop: threading.Event) -> None:
 def opened(path: str, reopen: bool, checker: Checker, stop: threading.Event,
            deadline: float) -> Subscriber | None:
     """A subscriber with the FIFO open (waiting for the path to appear); None when stopped."""
-    sub = Subscriber(path, reopen=reopen)
+    sub = Subscriber(path, reopen=reopen, on_event=checker.event)
     while not stop.is_set() and time.monotonic() < deadline:
         try:
             sub.open(timeout=POLL_S)
@@ -130,7 +145,7 @@ def stream(path: str, checker: Checker, stop: threading.Event, deadline: float) 
         sub = opened(path, True, checker, stop, deadline)
         if sub is None:
             return
-        opens_seen = 0
+        opens_seen = stale_seen = 0
         try:
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
@@ -139,8 +154,9 @@ def stream(path: str, checker: Checker, stop: threading.Event, deadline: float) 
                     continue
                 if frame is None:
                     break
-                if sub.stats.opens != opens_seen:
-                    opens_seen = sub.stats.opens
+                if sub.stats.opens != opens_seen or sub.stats.stale != stale_seen:
+                    # a reopen voids what we knew; a skipped stale message moved seq on
+                    opens_seen, stale_seen = sub.stats.opens, sub.stats.stale
                     checker.new_open()
                 checker.frame(frame, checker.opens + sub.stats.opens)
         except ProtocolError as exc:

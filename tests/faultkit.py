@@ -157,6 +157,8 @@ class CheckedReader:
         )
         self.frames: list[dict[str, Any]] = []
         self.opened: list[int] = []  # CLOCK_MONOTONIC ns of each open the reader made itself
+        self.events: list[dict[str, Any]] = []  # STATE messages and restarts, in stream order
+        self.records: list[dict[str, Any]] = []  # frames and events, in stream order
         self.summary: dict[str, Any] | None = None
         self.lines: list[str] = []
         self._thread = threading.Thread(target=self._collect, daemon=True)
@@ -173,8 +175,12 @@ class CheckedReader:
                 self.summary = record
             elif "opened" in record:
                 self.opened.append(int(record["t"]))
+            elif "event" in record:
+                self.events.append(record)
+                self.records.append(record)
             else:
                 self.frames.append(record)
+                self.records.append(record)
 
     def wait_frames(self, count: int, timeout: float = 30) -> None:
         """Wait until ``count`` frames arrived in total."""

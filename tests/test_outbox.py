@@ -173,3 +173,30 @@ def test_per_stream_accounting_is_exact_and_holds_at_most_one_per_stream(
             assert stats.offered == stats.sent + sum(stats.dropped.values()) + pending[stream]
     total = outbox.stats
     assert total.offered == total.sent + sum(total.dropped.values()) + outbox.in_flight
+
+
+def test_state_messages_go_first_newest_per_stream_and_are_not_frames() -> None:
+    released: list[str] = []
+    outbox: Outbox[str] = Outbox(release=released.append)
+
+    def state(stream: str, text: str) -> Outgoing[str]:
+        return Outgoing(0, text, lambda _missed, t=text: [memoryview(t.encode())], stream)
+
+    outbox.offer(Outgoing(1, "f1", lambda m: [memoryview(b"frame")], "a"), 0)
+    outbox.offer_state(state("a", "down"))
+    outbox.offer_state(state("a", "reconnecting"))  # replaces the waiting one
+    outbox.offer_state(state("b", "idle"))
+    assert released == ["down"]
+    sent = []
+    while outbox.has_bytes:
+        chunks = outbox.chunks()
+        sent.append(b"".join(bytes(c) for c in chunks))
+        assert outbox.wrote(sum(len(c) for c in chunks))
+    assert sent == [b"reconnecting", b"idle", b"frame"]  # states before the waiting frame
+    stats = outbox.stats
+    assert (stats.offered, stats.sent) == (1, 1) and not stats.dropped  # frames only
+    outbox.offer_state(state("a", "down"))
+    chunks = outbox.chunks()
+    outbox.wrote(1)  # begun, then the reader leaves mid-message
+    outbox.reader_gone()
+    assert not outbox.stats.dropped  # a lost STATE message is no dropped frame
