@@ -23,6 +23,7 @@ import pytest
 from framegen import make_frame
 
 from framebus.wire import (
+    HEADER_LEN,
     PREFIX,
     PREFIX_LEN,
     FrameHeader,
@@ -46,7 +47,7 @@ def compile_reader(directory: Path) -> Path:
     if gcc is None:
         pytest.skip("gcc is not installed, so docs/examples/reader.c cannot be compiled")
     exe = directory / "reader"
-    cmd = [gcc, "-std=c99", "-Wall", "-Werror", "-O2", "-o", str(exe), str(READER_C)]
+    cmd = [gcc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-o", str(exe), str(READER_C)]
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert built.returncode == 0, f"{' '.join(cmd)} failed:\n{built.stderr}"
     return exe
@@ -219,7 +220,7 @@ def test_c_reader_reads_every_format_in_random_chunks(reader_exe: Path, tmp_path
     expected = [expected_line(header, len(payload)) for header, payload in frames]
 
     # messages from a later minor revision: appended header fields, up to the 4096-byte limit
-    for extra in (b"future-field-bytes", random.Random(14).randbytes(4096 - 168)):
+    for extra in (b"future-field-bytes", random.Random(14).randbytes(4096 - HEADER_LEN)):
         header, payload = make_frame(15, len(messages), PixelFormat.NV12, 9, 7, padding=1)
         at = len(messages) // 2
         messages.insert(at, with_appended_fields(header, payload, extra))

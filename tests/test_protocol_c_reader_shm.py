@@ -1,7 +1,8 @@
 """Revision 1.1 through the spec's C reader: docs/examples/reader.c reads shm messages naming
 real segment files (framebus.shm.Segment) beside a real FIFO, interleaved with FIFO messages,
 verifies every row's pixels by checksum, rejects S1..S6, H8, M1 and M2, skips and counts stale
-slots (M3), reuses its mappings (at most two), and keeps the hold rule (no read-ahead)."""
+slots (M3), keeps one mapping per camera (revision 1.2's segment lifetime), and reads as rules
+R1 and R2 say (one read for a whole message at a boundary, never past a message it has begun)."""
 
 from __future__ import annotations
 
@@ -128,13 +129,19 @@ def test_c_reader_reads_shm_frames_among_fifo_frames(
         frames += [scrambled_frame(52, next(seq), fmt, w, h) for w, h in SIZES]
         segment = segments.new(max(len(p) for _, p in frames), len(frames))
         for n, frame in enumerate(frames):
-            shm = n % 3 != 2
+            shm = n % 3 != 2 and fmt is not PixelFormat.JPEG  # never jpeg over shm (S7)
             data = segments.message(frame, segment) if shm else encode_message(*frame)
             items.append((data, checked_line(frame)))
     # a 32-byte segment name has no terminating NUL
     frame = make_frame(53, next(seq), PixelFormat.NV12, 9, 7, padding=3)
     wide = segments.new(len(frame[1]), 1, name="fbshm-1234567890-123456789012345")
     items.append((segments.message(frame, wide), checked_line(frame)))
+    # 1.2: the name ends at its first NUL; whatever follows it is ignored
+    frame = make_frame(53, next(seq), PixelFormat.GRAY, 5, 3, padding=1)
+    message = bytearray(segments.message(frame))
+    name_end = message.index(b"\0", PREFIX_LEN + 168)
+    message[name_end + 1 : PREFIX_LEN + 200] = b"x" * (PREFIX_LEN + 200 - name_end - 1)
+    items.append((bytes(message), checked_line(frame)))
     # a later revision appends fields after the shm ones; a FIFO message (flag bit 1 clear)
     # whose bytes 168..223 look like shm fields is read as the 1.0 message it is
     frame = make_frame(54, next(seq), PixelFormat.YUV420P, 33, 17, padding=1)
@@ -197,7 +204,8 @@ REJECTED: list[tuple[str, Callable[[Segments], bytes], str]] = [
     ("S3", at(208, "<Q", 2**40), "shm payload length 1099511627776 over the limit of 268435456"),
     ("S4-dotdot", at(168, "32s", b"../x"), "bad shm segment name '../x'"),
     ("S4-slash", at(168, "32s", b"fbshm-1/2-3"), "bad shm segment name"),
-    ("S4-nul", at(168, "32s", b"fbshm-1-2\0x"), "bad shm segment name"),
+    ("S4-nul-first", at(168, "32s", b"\0fbshm-1-2"), "bad shm segment name ''"),
+    ("S4-16-digits", at(168, "32s", b"fbshm-1-" + b"1" * 16), "bad shm segment name"),
     ("S4-11-digits", at(168, "32s", b"fbshm-12345678901-1"), "bad shm segment name"),
     ("S4-21-digits", at(168, "32s", b"fbshm-1-" + b"1" * 21), "bad shm segment name"),
     ("S4-no-digits", at(168, "32s", b"fbshm--1"), "bad shm segment name"),
@@ -210,6 +218,8 @@ REJECTED: list[tuple[str, Callable[[Segments], bytes], str]] = [
     ("S5-32", at(200, "<Q", 32), "shm offset 32 is not"),
     ("S6-length", at(208, "<Q", 0), "shm message with zero length or zero token"),
     ("S6-token", at(216, "<Q", 0), "shm message with zero length or zero token"),
+    ("S7", lambda s: s.message(make_frame(62, 3, PixelFormat.JPEG, 7, 5)),
+     "jpeg is not sent over shm"),
     ("H8", at(208, "<Q", 3), "plane 0 ends at byte 109, past payload 3"),
     ("M1-symlink", planted("fbshm-1-2", link_to_real), "cannot open"),
     ("M1-short", planted("fbshm-1-3", lambda p: p.write_bytes(bytes(100))),
@@ -323,30 +333,82 @@ def mapped(pid: int, segment: Segment) -> int:
     return count
 
 
-def test_c_reader_reuses_mappings_keeps_two_and_outlives_an_unlink(
+def test_c_reader_keeps_one_mapping_per_camera_and_outlives_an_unlink(
     reader_exe: Path, tmp_path: Path, segments: Segments
 ) -> None:
+    """1.2 segment lifetime: a camera's mapping is reused while its messages name the same
+    segment, even once the file is unlinked; a camera that names a new segment has its old
+    one unmapped; other cameras keep theirs; a restart (new instance) unmaps them all."""
     if not Path("/proc/self/maps").exists():
         pytest.skip("needs /proc/PID/maps to see the reader's mappings")
-    frames = [make_frame(72, i, PixelFormat.RGB24, 7, 3, padding=i % 3) for i in range(5)]
+    frames = [make_frame(72, i, PixelFormat.RGB24, 7, 3, padding=i % 3) for i in range(6)]
+    north = [(dataclasses.replace(h, camera="north"), p) for h, p in frames]
+    south = [(dataclasses.replace(h, camera="south"), p) for h, p in frames]
     a, b, c = (segments.new(len(frames[0][1]), 3) for _ in range(3))
-    again = segments.put(a, frames[1])[0]
+    again = segments.put(a, north[1])[0]
     with LiveReader(reader_exe, tmp_path, ["-c"]) as reader:
-        reader.send(segments.message(frames[0], a))
-        assert reader.line() == checked_line(frames[0])
+        pid = reader.proc.pid
+        reader.send(segments.message(north[0], a))
+        assert reader.line() == checked_line(north[0])
         a.unlink()  # unlinked after the message naming it was made, before it is read
         reader.send(encode_header(again, 0))
-        assert reader.line() == checked_line(frames[1])  # read through the kept mapping
-        assert mapped(reader.proc.pid, a) == 1  # one mapping for both messages
-        reader.send(segments.message(frames[2], b) + segments.message(frames[3], c))
-        assert [reader.line(), reader.line()] == [checked_line(f) for f in frames[2:4]]
-        assert [mapped(reader.proc.pid, s) for s in (a, b, c)] == [0, 1, 1]  # at most two
-        reader.send(segments.message(frames[4], a))  # a again: unmapped, and gone (M0)
-        reader.send(segments.message(frames[0], b))
-        assert reader.line() == checked_line(frames[0])  # the stale frame was skipped
+        assert reader.line() == checked_line(north[1])  # read through the kept mapping
+        assert mapped(pid, a) == 1  # one mapping for both messages
+        reader.send(segments.message(south[2], c))
+        assert reader.line() == checked_line(south[2])
+        assert [mapped(pid, s) for s in (a, b, c)] == [1, 0, 1]  # one per camera
+        reader.send(segments.message(north[3], b))  # north moves on: a is never named again
+        assert reader.line() == checked_line(north[3])
+        assert [mapped(pid, s) for s in (a, b, c)] == [0, 1, 1]
+        reader.send(segments.message(north[4], a))  # a again: unmapped, and gone (M0)
+        reader.send(segments.message(south[0], c))
+        assert reader.line() == checked_line(south[0])  # the stale frame was skipped
+        assert [mapped(pid, s) for s in (a, b, c)] == [0, 0, 1]
+        restarted = dataclasses.replace(south[5][0], instance=0xFEED)
+        reader.send(encode_message(restarted, south[5][1]))  # a new daemon: forget them all
+        assert reader.line() == "restart 0000000000000000 000000000000feed"
+        assert reader.line() == checked_line(south[5])
+        assert [mapped(pid, s) for s in (a, b, c)] == [0, 0, 0]
         code, err = reader.finish()
     assert code == 0, err
     assert err.endswith(": skipped 1 stale shm frame(s)\n")
+
+
+def read_calls(pid: int) -> int:
+    """The read() calls the process has made so far (Linux /proc/PID/io, syscr)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no syscr in /proc/{pid}/io")
+
+
+def test_c_reader_reads_a_whole_message_at_a_boundary_with_one_read(
+    reader_exe: Path, tmp_path: Path, segments: Segments
+) -> None:
+    """R1: at a message boundary the reader asks for up to 4096 bytes at once, so an shm
+    message (256 bytes, written with one write) takes exactly one read(), and bytes past the
+    end of a message are kept for the next one (two messages in one write: one read)."""
+    if not os.access("/proc/self/io", os.R_OK):
+        pytest.skip("needs /proc/PID/io")
+    frames = [make_frame(74, i, PixelFormat.GRAY, 6, 4) for i in range(8)]
+    segment = segments.new(len(frames[0][1]), 8)
+    messages = [segments.message(f, segment) for f in frames]
+    assert {len(m) for m in messages} == {256}
+    with LiveReader(reader_exe, tmp_path) as reader:
+        # the reader has the FIFO open, waiting in poll(): its start-up reads (the dynamic
+        # loader's) are done, and it has not read from the FIFO yet
+        start = read_calls(reader.proc.pid)
+        for message, frame in zip(messages[:6], frames[:6], strict=True):
+            assert os.write(reader.fd, message) == len(message)
+            assert reader.line() == expected_line(frame[0], len(frame[1]))
+        assert read_calls(reader.proc.pid) - start == 6  # blocked reads are counted once they return
+        both = messages[6] + messages[7]
+        assert os.write(reader.fd, both) == len(both)
+        assert [reader.line(), reader.line()] == [expected_line(f[0], len(f[1]))
+                                                  for f in frames[6:]]
+        assert read_calls(reader.proc.pid) - start == 7
+        code, err = reader.finish()
+    assert (code, err) == (0, "")
 
 
 WRITE_SYSCALL = {"x86_64": 1, "aarch64": 64}.get(platform.machine())
@@ -358,15 +420,17 @@ def blocked_writing_stdout(pid: int) -> bool:
     return len(fields) > 1 and fields[0] == str(WRITE_SYSCALL) and int(fields[1], 16) == 1
 
 
-def test_c_reader_keeps_the_hold_rule(
+def test_c_reader_reads_no_further_than_a_message_it_has_begun(
     reader_exe: Path, tmp_path: Path, segments: Segments
 ) -> None:
-    """While it prints the frame of message 1 (its stdout is full, so it blocks right there),
-    every byte of message 2 must still be in the FIFO: no read-ahead."""
+    """R2 (and so the hold rule): once the reader has one byte of message 1, it asks for no
+    more than the rest of message 1; while it prints that frame (its stdout is full, so it
+    blocks right there) every byte of message 2, written together with the rest of message
+    1, must still be in the FIFO."""
     if WRITE_SYSCALL is None or not os.access("/proc/self/syscall", os.R_OK):
         pytest.skip("needs /proc/PID/syscall on x86_64 or aarch64")
     first, second = (make_frame(73, i, PixelFormat.GRAY, 4, 4) for i in (1, 2))
-    message_2 = segments.message(second)
+    message_1, message_2 = segments.message(first), segments.message(second)
     out_r, out_w = os.pipe()
     fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, 4096)
     os.set_blocking(out_w, False)
@@ -375,18 +439,27 @@ def test_c_reader_keeps_the_hold_rule(
         while True:
             filled += os.write(out_w, b"#")
     os.set_blocking(out_w, True)
+
+    def unread(fd: int) -> int:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
+
     try:
         with LiveReader(reader_exe, tmp_path, stdout=out_w) as reader:
             os.close(out_w)
             out_w = -1
-            reader.send(segments.message(first) + message_2)
             deadline = time.monotonic() + TIMEOUT_S
+            assert os.write(reader.fd, message_1[:1]) == 1
+            while unread(reader.fd):  # the boundary read took the lone byte
+                assert reader.proc.poll() is None, "the reader exited"
+                assert time.monotonic() < deadline, "the reader never read the first byte"
+                time.sleep(0.005)
+            rest = message_1[1:] + message_2  # one write: all of it is there at once
+            assert os.write(reader.fd, rest) == len(rest)
             while not blocked_writing_stdout(reader.proc.pid):
                 assert reader.proc.poll() is None, "the reader exited"
                 assert time.monotonic() < deadline, "the reader never wrote its first line"
                 time.sleep(0.005)
-            unread = struct.unpack("i", fcntl.ioctl(reader.fd, termios.FIONREAD, bytes(4)))[0]
-            assert unread == len(message_2)
+            assert unread(reader.fd) == len(message_2)
             output = b""  # drained, the reader goes on to message 2
             while output.count(b"\n") < 2:
                 remaining = deadline - time.monotonic()

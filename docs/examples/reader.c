@@ -1,13 +1,15 @@
 /*
  * reader.c - a minimal framebus subscriber written from docs/PROTOCOL.md alone.
- * It implements protocol version 1, revision 1.1: FIFO messages (revision 1.0) and
- * shared-memory payloads (section 12).
+ * It implements protocol version 1, revision 1.2: FIFO messages (revision 1.0), shared-memory
+ * payloads (revision 1.1, section 12), and revision 1.2's instance (restart detection,
+ * section 8), STATE messages (section 13), read-ahead rules R1/R2 (section 2) and shm segment
+ * directory and lifetime rules (section 12).
  *
- * Build:  gcc -std=c99 -Wall -Werror -O2 -o fbus-reader reader.c
- * Usage:  fbus-reader [-c] [-l] [-r] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO
+ * Build:  gcc -std=c99 -Wall -Wextra -Werror -O2 -o fbus-reader reader.c
+ * Usage:  fbus-reader [-c] [-l] [-r] [-s] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO
  *
- * Opens FIFO for reading (blocking until a writer attaches), reads framebus v1 messages and
- * prints one line per frame to stdout:
+ * Opens FIFO for reading, reads framebus v1 messages and prints one line per message to stdout.
+ * A frame:
  *
  *     camera seq epoch missed format WxH payload_len keyframe
  *
@@ -16,30 +18,64 @@
  * message, payload_len is the payload's length in the segment (shm_length), so the line is
  * the same whichever transport carried the frame.
  *
+ * A STATE message (flag bit 2, section 13; not a frame, not counted by -n):
+ *
+ *     state camera name epoch E seq S reason
+ *
+ * e.g. "state cam reconnecting epoch 1 seq 42 connection refused"; name is streaming,
+ * reconnecting, down, idle or unknown(N) for codes 5..255; the reason (possibly empty, then
+ * the line ends after S) has control characters, DEL and backslash written as \xHH so the line
+ * stays one line. STATE messages are validated by H1, H2 and T1..T4 (T4's UTF-8 check of the
+ * reason once the payload is in); their seq takes no part in the seq arithmetic.
+ *
+ * A restart (section 8): the reader keeps the instance of the last message read since it
+ * opened the FIFO; when a message's instance differs (0 against non-0 included), it prints
+ *
+ *     restart OLD NEW
+ *
+ * (both as 16 hex digits) before that message's own line, forgets every camera's last seq and
+ * epoch and unmaps every segment. The first message after an open is compared with nothing.
+ *
+ * -s checks seq continuity (section 8): for two consecutive frame messages of a camera with
+ * the same instance, read from one open of the FIFO, seq == previous seq + 1 + missed (u64);
+ * a frame that breaks it gets a line before its own:
+ *
+ *     seq-error camera SEQ after PREVIOUS missed MISSED
+ *
+ * Stale shm frames count as received (their seq is the next one's previous); STATE messages
+ * do not.
+ *
  * -c appends a checksum of the frame's pixel data to each line: " %08x", the CRC-32 (the
  * zlib/IEEE 802.3 one) of every row's pixel bytes, plane by plane in plane order, row by row,
  * as addressed through the header's plane offsets and strides (section 5). Row padding and
  * bytes no plane covers are not included. For jpeg it is the CRC-32 of the whole payload.
  *
- * Shared memory (section 12). An shm message (flag bit 1) carries no payload in the stream;
- * it names a segment file in the FIFO's directory (the directory part of FIFO as given on the
- * command line). After rules S1..S6 and H8 (against shm_length), the segment is opened with
- * O_RDONLY | O_NOFOLLOW and mapped PROT_READ, MAP_SHARED; a mapping is reused for later
- * messages naming the same segment, and at most MAX_MAPPINGS (2) stay mapped (the least
- * recently used goes). M1 (segment file) and M2 (payload inside it) are protocol errors. A
- * frame whose segment file does not exist (M0) or whose slot stamp does not name it (M3) is
- * stale: it is skipped (no line), counted, and reading goes on; with -c the stamp is checked
- * again after the checksum, and a frame whose slot changed meanwhile is skipped and counted
- * the same way. At a clean EOF, if any
- * frames were stale, one line goes to stderr: "PROGRAM: skipped N stale shm frame(s)".
- * The hold rule is kept by construction: the reader reads exactly the 16 prefix bytes, then
- * exactly header_len bytes, then exactly payload_len bytes, never more (no read-ahead), so it
- * has consumed no byte of the next message while it uses a payload.
+ * Reading (rules R1 and R2, section 2): at a message boundary, with no byte of the next
+ * message read yet, the reader asks for 4096 bytes in one read() and keeps the bytes past the
+ * end of the message for the messages that follow (an shm message, 256 bytes, written with
+ * one write(), so arrives with one read()); once it has part of a message it never asks for
+ * more than the rest of that message. With the writer's promise (at most one unread message in
+ * an shm stream's pipe) this keeps the hold rule: the reader is done with a payload before it
+ * next reads from the FIFO, and a read never starts a message while a payload is in use.
  *
- * Exit status: 0 at a clean EOF at a message boundary (stale frames included); 3 on a
- * protocol error or a message truncated by EOF (the partial message is discarded, never
- * printed); 1 on an I/O error (including a segment that opens but cannot be mapped); 2 on a
- * usage error. Errors are reported on stderr.
+ * Shared memory (section 12). An shm message (flag bit 1) carries no payload in the stream;
+ * it names a segment file (the name ends at the first NUL of its 32-byte field) in the
+ * directory of the FIFO as the daemon created it: dirname(realpath(FIFO)), resolved at every
+ * open. After rules S1..S7 and H7/H8 (against shm_length), the segment is opened with
+ * O_RDONLY | O_NOFOLLOW | O_NONBLOCK and mapped PROT_READ, MAP_SHARED. Each camera keeps one
+ * mapping, reused while its messages name the same segment; when a camera's message names
+ * another segment, the old one is unmapped (the previous frame is done by then), and every
+ * mapping goes at a restart and at every reopen. M1 (segment file) and M2 (payload inside it,
+ * checked in its overflow-free form) are protocol errors. A frame whose segment file does not
+ * exist (M0) or whose slot stamp does not name it (M3) is stale: it is skipped (no line),
+ * counted, and reading goes on; with -c the stamp is checked again after the checksum, and a
+ * frame whose slot changed meanwhile is skipped and counted the same way. At a clean EOF, if
+ * any frames were stale, one line goes to stderr: "PROGRAM: skipped N stale shm frame(s)".
+ *
+ * Exit status: 0 at a clean EOF at a message boundary (stale frames included) or after
+ * -n COUNT frames; 3 on a protocol error or a message truncated by EOF (the partial message is
+ * discarded, never printed); 1 on an I/O error (including a segment that opens but cannot be
+ * mapped); 2 on a usage error. Errors are reported on stderr.
  *
  * Opening (PROTOCOL.md section 10): the FIFO is opened O_NONBLOCK (an open never blocks)
  * and polled for a writer in 500 ms slices; between slices the reader checks that the path
@@ -47,17 +83,20 @@
  * daemon restart that deletes and recreates fifo_dir never leaves it waiting on a deleted
  * inode. Once a writer is there, reads block.
  *
- * -l appends " LATENCY_NS" to each line: CLOCK_MONOTONIC when the frame was ready here minus
- * the header's publish_mono_ns (same host only; after the checksum when both are given).
+ * -l appends " LATENCY_NS" to each frame line: CLOCK_MONOTONIC when the frame was ready here
+ * minus the header's publish_mono_ns (same host only; after the checksum when both are given).
  *
- * -r reopens after each EOF (a daemon stop or restart) instead of exiting, unmapping every
- * segment first (a new daemon may reuse a name); -n COUNT exits 0 after COUNT frames.
+ * -r reopens after each EOF (a daemon stop or restart) instead of exiting; a message cut by
+ * that EOF is discarded with a line on stderr ("PROGRAM: truncated message at EOF: ...,
+ * discarded"). A reopen forgets everything about the stream: the last instance, every camera's
+ * seq and epoch, every mapping. -n COUNT exits 0 after COUNT frames (STATE messages and
+ * stale frames are not frames).
  *
- * Portable C99 plus POSIX open/read/close/fstat/stat/poll/mmap; no other dependencies.
- * Integers are decoded byte by byte, in the stream and in the segment, so the host's byte
- * order and alignment rules do not matter.
+ * Portable C99 plus POSIX open/read/close/fstat/stat/poll/mmap/realpath; no other
+ * dependencies. Integers are decoded byte by byte, in the stream and in the segment, so the
+ * host's byte order and alignment rules do not matter.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* POSIX.1-2008 with XSI: realpath */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -76,6 +115,9 @@
 #define PREFIX_LEN 16u
 #define HEADER_V1_LEN 168u
 #define HEADER_SHM_LEN 224u
+#define INSTANCE_END 232u     /* a header this long carries instance (1.2) */
+#define HEADER_V12_LEN 240u   /* ... and this long the state byte: every 1.2 header */
+#define BOUNDARY_READ 4096u   /* asked for at a message boundary (rule R1) */
 #define MAX_HEADER_LEN 4096u
 #define DEFAULT_MAX_PAYLOAD_LEN (256u * 1024u * 1024u)
 #define CAMERA_NAME_MAX 64u
@@ -84,11 +126,12 @@
 
 #define FLAG_KEYFRAME 0x0001u
 #define FLAG_SHM 0x0002u
+#define FLAG_STATE 0x0004u
+#define STATE_REASON_MAX 256u
 #define SHM_NAME_LEN 32u      /* shm_segment field: ASCII, NUL-padded */
 #define SHM_ALIGN 64u         /* shm_offset: a multiple of 64, >= 64; the stamp precedes it */
 #define SEGMENT_MIN_LEN 4096u /* page 0: the segment header */
 #define STAMP_LEN 32u         /* bytes of the 64-byte stamp that carry fields */
-#define MAX_MAPPINGS 2u
 
 #define EXIT_IO 1
 #define EXIT_USAGE 2
@@ -98,6 +141,10 @@ enum { FMT_BGR24 = 1, FMT_RGB24, FMT_GRAY, FMT_YUV420P, FMT_NV12, FMT_JPEG };
 
 static const char *const format_names[] = {
     NULL, "bgr24", "rgb24", "gray", "yuv420p", "nv12", "jpeg",
+};
+
+static const char *const state_names[] = {
+    NULL, "streaming", "reconnecting", "down", "idle",
 };
 
 struct plane {
@@ -121,6 +168,9 @@ struct header {
     struct plane planes[MAX_PLANES];
     int shm;                 /* flag bit 1: the payload is in a segment (section 12) */
     struct shm_location loc; /* valid when shm */
+    int is_state;            /* flag bit 2: a STATE message (section 13), not a frame */
+    uint64_t instance;       /* 1.2: the writing daemon process; 0 from an older writer */
+    unsigned state;          /* 1.2: the state code of a STATE message */
 };
 
 static const char *program = "reader";
@@ -164,23 +214,51 @@ static int64_t le64s(const unsigned char *p)
 
 /* ---- I/O ---- */
 
-/* Read up to len bytes, looping over short reads; return how many arrived before EOF.
- * Never asks for more than len bytes: nothing of the next message is consumed early. */
-static size_t read_full(int fd, unsigned char *buf, size_t len)
+/* One read() (retried on EINTR); returns 0 at EOF. */
+static size_t read_some(int fd, unsigned char *buf, size_t len)
 {
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = read(fd, buf + got, len - got);
-        if (n > 0) {
-            got += (size_t)n;
-        } else if (n == 0) {
-            break; /* EOF: the writer closed its end */
-        } else if (errno != EINTR) {
+    for (;;) {
+        ssize_t n = read(fd, buf, len);
+        if (n >= 0)
+            return (size_t)n;
+        if (errno != EINTR)
             die(EXIT_IO, "read failed: %s", strerror(errno));
-        }
+    }
+}
+
+/* Bytes read at a message boundary and not used yet (rule R1): the surplus of a boundary
+ * read, kept for the messages that follow. */
+static unsigned char boundary[BOUNDARY_READ];
+static size_t pending_at, pending_len;
+
+/* R1: at a message boundary with nothing buffered, ask for BOUNDARY_READ bytes in one read.
+ * Returns 0 at EOF (a clean end: no byte of a message was read). */
+static size_t boundary_read(int fd)
+{
+    pending_at = 0;
+    pending_len = read_some(fd, boundary, sizeof boundary);
+    return pending_len;
+}
+
+/* The next len bytes of the current message into buf: the buffered surplus first, then reads
+ * that never ask for more than the rest of len (R2: nothing past this part of this message).
+ * Returns how many arrived before EOF. */
+static size_t take(int fd, unsigned char *buf, size_t len)
+{
+    size_t got = len < pending_len ? len : pending_len;
+    memcpy(buf, boundary + pending_at, got);
+    pending_at += got;
+    pending_len -= got;
+    while (got < len) {
+        size_t n = read_some(fd, buf + got, len - got);
+        if (n == 0)
+            break; /* EOF: the writer closed its end */
+        got += n;
     }
     return got;
 }
+
+static int set_segment_dir(const char *fifo_path);
 
 /* Open the FIFO and wait for a writer without ever waiting on a FIFO the path no longer
  * names (section 10). Returns a blocking descriptor with a writer attached or data waiting. */
@@ -200,6 +278,10 @@ static int open_and_wait(const char *path)
             die(EXIT_IO, "cannot stat %s: %s", path, strerror(errno));
         if (!S_ISFIFO(held.st_mode))
             die(EXIT_IO, "%s is not a FIFO", path);
+        if (!set_segment_dir(path)) { /* gone again at once: start over */
+            close(fd);
+            continue;
+        }
         for (;;) {
             struct pollfd waiting = {fd, POLLIN, 0};
             int ready = poll(&waiting, 1, 500);
@@ -217,13 +299,6 @@ static int open_and_wait(const char *path)
         }
         close(fd);
     }
-}
-
-static void need(int fd, unsigned char *buf, size_t len, const char *stage)
-{
-    size_t got = read_full(fd, buf, len);
-    if (got < len)
-        die(EXIT_PROTOCOL, "truncated message at EOF: %s has %zu of %zu bytes", stage, got, len);
 }
 
 /* ---- validation (PROTOCOL.md sections 9 and 12) ---- */
@@ -272,7 +347,7 @@ static size_t digits(const unsigned char *s, size_t len, size_t *i)
     return *i - start;
 }
 
-/* S4: the whole name matches fbshm-[0-9]{1,10}-[0-9]{1,20} (so no '/', no "..", no NUL). */
+/* S4: the name matches fbshm-[0-9]{1,10}-[0-9]{1,15} (so no '/', no ".."; at most 32 bytes). */
 static int valid_segment_name(const unsigned char *s, size_t len)
 {
     size_t i = 6, n;
@@ -283,7 +358,7 @@ static int valid_segment_name(const unsigned char *s, size_t len)
         return 0;
     i++;
     n = digits(s, len, &i);
-    return n >= 1 && n <= 20 && i == len;
+    return n >= 1 && n <= 15 && i == len;
 }
 
 /* A name from the wire, quoted for an error message: printable ASCII as is, others \xHH. */
@@ -331,7 +406,7 @@ static unsigned plane_shapes(unsigned format, uint64_t w, uint64_t h, struct pla
     }
 }
 
-/* S1..S6 (section 12): the appended fields of a message with flag bit 1. */
+/* S1..S6 (section 12): the appended fields of a message with flag bit 1 (S7 follows). */
 static void parse_shm(const unsigned char *b, unsigned header_len, uint64_t payload_len,
                       uint64_t max_payload_len, struct shm_location *loc)
 {
@@ -341,10 +416,10 @@ static void parse_shm(const unsigned char *b, unsigned header_len, uint64_t payl
     if (payload_len != 0) /* S2 */
         die(EXIT_PROTOCOL, "protocol error: shm message must have payload length 0, got %"
             PRIu64, payload_len);
+    /* the name is the bytes before the first NUL (all 32 if none); the rest is ignored */
     const unsigned char *name = b + HEADER_V1_LEN;
-    size_t name_len = SHM_NAME_LEN;
-    while (name_len > 0 && name[name_len - 1] == 0)
-        name_len--;
+    const unsigned char *nul = memchr(name, 0, SHM_NAME_LEN);
+    size_t name_len = nul == NULL ? SHM_NAME_LEN : (size_t)(nul - name);
     loc->offset = le64(b + 200);
     loc->length = le64(b + 208);
     loc->token = le64(b + 216);
@@ -397,8 +472,31 @@ static void parse_header(const unsigned char *b, unsigned header_len, uint64_t p
         hd->planes[i].offset = le32(b + 136 + 8 * i);
         hd->planes[i].stride = le32(b + 140 + 8 * i);
     }
-    /* bytes 168..header_len-1: revision 1.1's shm fields when flag bit 1 is set (read
-     * below), otherwise fields of later minor revisions, ignored */
+    /* bytes 168..223: revision 1.1's shm fields, read below when flag bit 1 is set and
+     * ignored otherwise; instance and state (1.2) only where the header reaches them;
+     * 233..239 and fields of later minor revisions: ignored */
+    hd->instance = header_len >= INSTANCE_END ? le64(b + 224) : 0;
+    hd->state = header_len >= HEADER_V12_LEN ? b[232] : 0;
+    hd->shm = 0;
+
+    hd->is_state = (hd->flags & FLAG_STATE) != 0;
+    if (hd->is_state) { /* T1..T4 instead of H3..H8; T4's UTF-8 check waits for the payload */
+        unsigned frame_flags = hd->flags & (FLAG_KEYFRAME | FLAG_SHM);
+        if (header_len < HEADER_V12_LEN) /* T1 */
+            die(EXIT_PROTOCOL, "protocol error: state message needs header length >= %u, "
+                "got %u", HEADER_V12_LEN, header_len);
+        if (frame_flags != 0) /* T2 */
+            die(EXIT_PROTOCOL, "protocol error: state message with frame flags 0x%x",
+                frame_flags);
+        if (hd->format != 0 || hd->width != 0 || hd->height != 0 || hd->plane_count != 0)
+            die(EXIT_PROTOCOL, "protocol error: state message with a frame shape"); /* T3 */
+        if (payload_len > STATE_REASON_MAX) /* T4 */
+            die(EXIT_PROTOCOL, "protocol error: state reason of %" PRIu64 " bytes over %u",
+                payload_len, STATE_REASON_MAX);
+        if (hd->state == 0) /* T4 */
+            die(EXIT_PROTOCOL, "protocol error: state message with state code 0");
+        return;
+    }
 
     if (hd->format < FMT_BGR24 || hd->format > FMT_JPEG) /* H3 */
         die(EXIT_PROTOCOL, "protocol error: unknown pixel format code %u", hd->format);
@@ -417,6 +515,8 @@ static void parse_header(const unsigned char *b, unsigned header_len, uint64_t p
     uint64_t layout_len = payload_len;
     if (hd->shm) {
         parse_shm(b, header_len, payload_len, max_payload_len, &hd->loc);
+        if (hd->format == FMT_JPEG) /* S7 */
+            die(EXIT_PROTOCOL, "protocol error: jpeg is not sent over shm");
         layout_len = hd->loc.length;
     }
 
@@ -446,42 +546,88 @@ static void parse_header(const unsigned char *b, unsigned header_len, uint64_t p
 
 /* ---- shared-memory segments (PROTOCOL.md section 12) ---- */
 
-struct mapping {
-    char name[SHM_NAME_LEN + 1];
-    const unsigned char *base; /* NULL: this entry is free */
+/* What the reader knows per camera of this stream (section 8): the last frame's seq and
+ * epoch, and the one segment mapping the camera keeps (section 12). Void after a restart or a
+ * reopen. */
+struct camera_state {
+    char name[CAMERA_NAME_MAX + 1];
+    int has_seq;
+    uint64_t last_seq, last_epoch;
+    char segment[SHM_NAME_LEN + 1]; /* the mapped segment's name; base NULL: none mapped */
+    const unsigned char *base;
     size_t size;
-    uint64_t used; /* when it was last used, for least-recently-used eviction */
 };
 
-static struct mapping mappings[MAX_MAPPINGS];
-static uint64_t mapping_clock;
-static char *segment_path; /* the FIFO's directory part, then room for a segment name */
+static struct camera_state *cameras;
+static size_t camera_count, camera_cap;
+static char *segment_path; /* the segments' directory, then room for a segment name */
 static size_t segment_dir_len;
 
-static void unmap_all(void)
+static void unmap_camera(struct camera_state *cam)
 {
-    for (unsigned i = 0; i < MAX_MAPPINGS; i++) {
-        if (mappings[i].base != NULL)
-            munmap((void *)mappings[i].base, mappings[i].size);
-        mappings[i].base = NULL;
+    if (cam->base != NULL)
+        munmap((void *)cam->base, cam->size);
+    cam->base = NULL;
+    cam->segment[0] = '\0';
+}
+
+/* Forget all per-camera state and unmap every segment (a restart or a reopen). */
+static void forget_cameras(void)
+{
+    for (size_t i = 0; i < camera_count; i++)
+        unmap_camera(&cameras[i]);
+    camera_count = 0;
+}
+
+/* The camera's state, made (empty) at its first message; names compare byte for byte. */
+static struct camera_state *camera_for(const char *name)
+{
+    for (size_t i = 0; i < camera_count; i++)
+        if (strcmp(cameras[i].name, name) == 0)
+            return &cameras[i];
+    if (camera_count == camera_cap) {
+        size_t cap = camera_cap == 0 ? 8 : 2 * camera_cap;
+        struct camera_state *grown = realloc(cameras, cap * sizeof *grown);
+        if (grown == NULL)
+            die(EXIT_IO, "out of memory");
+        cameras = grown;
+        camera_cap = cap;
     }
+    struct camera_state *cam = &cameras[camera_count++];
+    memset(cam, 0, sizeof *cam);
+    memcpy(cam->name, name, strlen(name) + 1);
+    return cam;
 }
 
-/* Segments live in the FIFO's directory: keep the FIFO path up to its last '/'. */
-static void set_segment_dir(const char *fifo_path)
+/* Segments live in the directory that holds the FIFO as the daemon created it:
+ * dirname(realpath(path)), resolved when the FIFO is opened (section 12). Returns 0 if the
+ * path no longer resolves (it went away after the open). */
+static int set_segment_dir(const char *fifo_path)
 {
-    const char *slash = strrchr(fifo_path, '/');
-    segment_dir_len = slash == NULL ? 0 : (size_t)(slash - fifo_path) + 1;
-    segment_path = malloc(segment_dir_len + SHM_NAME_LEN + 1);
-    if (segment_path == NULL)
+    char *resolved = realpath(fifo_path, NULL);
+    if (resolved == NULL) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return 0;
+        die(EXIT_IO, "cannot resolve %s: %s", fifo_path, strerror(errno));
+    }
+    const char *slash = strrchr(resolved, '/'); /* an absolute path: there is one */
+    size_t dir_len = slash == NULL ? 0 : (size_t)(slash - resolved) + 1;
+    char *path = malloc(dir_len + SHM_NAME_LEN + 1);
+    if (path == NULL)
         die(EXIT_IO, "out of memory");
-    memcpy(segment_path, fifo_path, segment_dir_len);
-    segment_path[segment_dir_len] = '\0';
+    memcpy(path, resolved, dir_len);
+    path[dir_len] = '\0';
+    free(resolved);
+    free(segment_path);
+    segment_path = path;
+    segment_dir_len = dir_len;
+    return 1;
 }
 
-/* M1: open and map a segment read-only; check its size, magic and version. NULL if the
- * file does not exist (M0: its daemon died and the next one removed it; the frame is stale). */
-static struct mapping *map_segment(const char *name)
+/* M1: open and map a segment read-only into cam; check its size, magic and version. Returns
+ * 0 if the file does not exist (M0: its daemon died and the next one removed it; the frame is
+ * stale). */
+static int map_segment(struct camera_state *cam, const char *name)
 {
     memcpy(segment_path + segment_dir_len, name, strlen(name) + 1);
     int fd;
@@ -489,7 +635,7 @@ static struct mapping *map_segment(const char *name)
         fd = open(segment_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     while (fd < 0 && errno == EINTR);
     if (fd < 0 && errno == ENOENT)
-        return NULL;
+        return 0;
     if (fd < 0)
         die(EXIT_PROTOCOL, "protocol error: shm segment %s: cannot open: %s", segment_path,
             strerror(errno));
@@ -515,50 +661,36 @@ static struct mapping *map_segment(const char *name)
         die(EXIT_PROTOCOL, "protocol error: shm segment %s: bad magic %02x %02x %02x %02x "
             "or version %" PRIu32 " (expected \"FBSM\" version 1)", segment_path, base[0],
             base[1], base[2], base[3], le32(base + 4));
-
-    /* a free entry, or the least recently used one, unmapped: it holds no payload in use */
-    struct mapping *slot = &mappings[0];
-    for (unsigned i = 0; i < MAX_MAPPINGS; i++) {
-        if (mappings[i].base == NULL) {
-            slot = &mappings[i];
-            break;
-        }
-        if (mappings[i].used < slot->used)
-            slot = &mappings[i];
-    }
-    if (slot->base != NULL)
-        munmap((void *)slot->base, slot->size);
-    memcpy(slot->name, name, strlen(name) + 1);
-    slot->base = base;
-    slot->size = size;
-    return slot;
+    memcpy(cam->segment, name, strlen(name) + 1);
+    cam->base = base;
+    cam->size = size;
+    return 1;
 }
 
-/* The mapping of the message's segment (reused if mapped), with M2 checked; NULL if the
- * segment is gone (M0). */
-static const struct mapping *segment_for(const struct shm_location *loc)
+/* The camera's mapping of the message's segment, with M2 checked: reused while the camera's
+ * messages name the same segment; a message naming another one unmaps the old (the previous
+ * frame is done: the reader is past it) and maps the new. 0 if the segment is gone (M0). */
+static int segment_for(struct camera_state *cam, const struct shm_location *loc)
 {
-    struct mapping *found = NULL;
-    for (unsigned i = 0; i < MAX_MAPPINGS && found == NULL; i++)
-        if (mappings[i].base != NULL && strcmp(mappings[i].name, loc->segment) == 0)
-            found = &mappings[i];
-    if (found == NULL)
-        found = map_segment(loc->segment);
-    if (found == NULL)
-        return NULL;
-    found->used = ++mapping_clock;
-    if (loc->offset > found->size || loc->length > found->size - loc->offset) /* M2 */
+    if (cam->base == NULL || strcmp(cam->segment, loc->segment) != 0) {
+        unmap_camera(cam);
+        if (!map_segment(cam, loc->segment))
+            return 0;
+    }
+    /* M2 in its overflow-free form: never compute shm_offset + shm_length */
+    if (!(loc->length <= cam->size && loc->offset <= cam->size - loc->length))
         die(EXIT_PROTOCOL, "protocol error: shm payload %" PRIu64 "+%" PRIu64
             " past the end of segment %s (%zu bytes)", loc->offset, loc->length, loc->segment,
-            found->size);
-    return found;
+            cam->size);
+    return 1;
 }
 
 /* M3: the slot's stamp (64 bytes before the payload) names this write of this frame. */
-static int stamp_matches(const struct mapping *m, const struct shm_location *loc, uint64_t seq)
+static int stamp_matches(const struct camera_state *cam, const struct shm_location *loc,
+                         uint64_t seq)
 {
     /* read the stamp afresh from the shared page each time (volatile: no cached copy) */
-    const volatile unsigned char *at = m->base + (loc->offset - SHM_ALIGN);
+    const volatile unsigned char *at = cam->base + (loc->offset - SHM_ALIGN);
     unsigned char stamp[STAMP_LEN];
     for (unsigned i = 0; i < STAMP_LEN; i++)
         stamp[i] = at[i];
@@ -617,11 +749,52 @@ static uint64_t parse_limit(const char *text)
     return (uint64_t)v;
 }
 
+/* Everything known about a stream is void after a reopen: the last instance, every camera's
+ * seq, epoch and mapping, and (empty anyway after an EOF) the buffered bytes. */
+static int have_instance;
+static uint64_t last_instance;
+
+static int reopen_fifo(int fd, const char *path)
+{
+    close(fd);
+    forget_cameras();
+    have_instance = 0;
+    pending_at = pending_len = 0;
+    return open_and_wait(path);
+}
+
+/* A message cut short by EOF (E1): discarded, never printed. Fatal unless -r. */
+static void truncated(int reopen, const char *stage, size_t got, size_t len)
+{
+    if (!reopen)
+        die(EXIT_PROTOCOL, "truncated message at EOF: %s has %zu of %zu bytes", stage, got,
+            len);
+    fprintf(stderr, "%s: truncated message at EOF: %s has %zu of %zu bytes, discarded\n",
+            program, stage, got, len);
+}
+
+/* A STATE message's reason on one line: control characters, DEL and backslash as \xHH. */
+static void print_reason(const unsigned char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < 0x20 || s[i] == 0x7F || s[i] == '\\')
+            printf("\\x%02x", s[i]);
+        else
+            putchar(s[i]);
+    }
+}
+
+static void flush_stdout(void)
+{
+    if (fflush(stdout) != 0)
+        die(EXIT_IO, "cannot write to stdout: %s", strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
     uint64_t max_payload_len = DEFAULT_MAX_PAYLOAD_LEN;
     const char *path = NULL;
-    int bad_usage = 0, checksum = 0, reopen = 0, latency = 0;
+    int bad_usage = 0, checksum = 0, reopen = 0, latency = 0, check_seq = 0;
     uint64_t count_limit = 0; /* 0: no limit */
 
     if (argc > 0 && argv[0][0] != '\0')
@@ -635,6 +808,8 @@ int main(int argc, char **argv)
             reopen = 1;
         else if (strcmp(argv[i], "-l") == 0)
             latency = 1;
+        else if (strcmp(argv[i], "-s") == 0)
+            check_seq = 1;
         else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc)
             count_limit = parse_limit(argv[++i]);
         else if (path == NULL && argv[i][0] != '-')
@@ -643,12 +818,12 @@ int main(int argc, char **argv)
             bad_usage = 1;
     }
     if (path == NULL || bad_usage) {
-        fprintf(stderr, "usage: %s [-c] [-l] [-r] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO\n",
+        fprintf(stderr,
+                "usage: %s [-c] [-l] [-r] [-s] [-n COUNT] [-m MAX_PAYLOAD_BYTES] FIFO\n",
                 program);
         return EXIT_USAGE;
     }
     crc_init();
-    set_segment_dir(path);
 
     int fd = open_and_wait(path);
     uint64_t frames = 0;
@@ -661,18 +836,18 @@ int main(int argc, char **argv)
 
     for (;;) {
         /* beginning this message ends the hold on the previous message's payload */
-        size_t got = read_full(fd, prefix, PREFIX_LEN);
-        if (got == 0 && reopen) { /* the daemon stopped: wait for the next one */
-            close(fd);
-            unmap_all();
-            fd = open_and_wait(path);
+        if (pending_len == 0 && boundary_read(fd) == 0) { /* R1 */
+            if (!reopen)
+                break; /* clean EOF at a message boundary */
+            fd = reopen_fifo(fd, path); /* the daemon stopped: wait for the next one */
             continue;
         }
-        if (got == 0)
-            break; /* clean EOF at a message boundary */
-        if (got < PREFIX_LEN)
-            die(EXIT_PROTOCOL, "truncated message at EOF: prefix has %zu of %u bytes", got,
-                PREFIX_LEN);
+        size_t got = take(fd, prefix, PREFIX_LEN);
+        if (got < PREFIX_LEN) {
+            truncated(reopen, "prefix", got, PREFIX_LEN);
+            fd = reopen_fifo(fd, path);
+            continue;
+        }
 
         /* P1..P5 */
         if (memcmp(prefix, "FBUS", 4) != 0)
@@ -696,22 +871,16 @@ int main(int argc, char **argv)
                 " over the limit of %" PRIu64, payload_len, max_payload_len);
 
         /* whole header, including appended fields this reader does not know, and no more */
-        need(fd, header_buf, header_len, "header");
+        got = take(fd, header_buf, header_len);
+        if (got < header_len) {
+            truncated(reopen, "header", got, header_len);
+            fd = reopen_fifo(fd, path);
+            continue;
+        }
         struct header hd;
         parse_header(header_buf, header_len, payload_len, max_payload_len, &hd);
 
-        const unsigned char *data;
-        uint64_t data_len;
-        const struct mapping *seg = NULL;
-        if (hd.shm) {
-            seg = segment_for(&hd.loc); /* M0, M1, M2 */
-            if (seg == NULL || !stamp_matches(seg, &hd.loc, hd.seq)) { /* M0, M3: stale */
-                stale++;
-                continue;
-            }
-            data = seg->base + hd.loc.offset;
-            data_len = hd.loc.length;
-        } else {
+        if (!hd.shm) { /* a FIFO frame's pixels or a STATE message's reason */
             /* only now, with every length validated, make room for the payload */
             if (payload_len > payload_cap) {
                 unsigned char *grown = realloc(payload, (size_t)payload_len);
@@ -720,7 +889,66 @@ int main(int argc, char **argv)
                 payload = grown;
                 payload_cap = (size_t)payload_len;
             }
-            need(fd, payload, (size_t)payload_len, "payload");
+            got = take(fd, payload, (size_t)payload_len);
+            if (got < payload_len) {
+                truncated(reopen, "payload", got, (size_t)payload_len);
+                fd = reopen_fifo(fd, path);
+                continue;
+            }
+        }
+
+        /* the whole message is in: the restart rule (section 8) before using it */
+        if (have_instance && hd.instance != last_instance) {
+            forget_cameras(); /* every camera's seq and epoch, every mapping */
+            printf("restart %016" PRIx64 " %016" PRIx64 "\n", last_instance, hd.instance);
+            flush_stdout();
+        }
+        have_instance = 1;
+        last_instance = hd.instance;
+
+        if (hd.is_state) { /* section 13: a camera's state, not a frame; last seq untouched */
+            if (!valid_utf8(payload, (size_t)payload_len)) /* T4 */
+                die(EXIT_PROTOCOL, "protocol error: state reason is not valid UTF-8");
+            char unknown[16];
+            const char *name = hd.state < sizeof state_names / sizeof state_names[0]
+                                   ? state_names[hd.state] : NULL;
+            if (name == NULL) {
+                snprintf(unknown, sizeof unknown, "unknown(%u)", hd.state);
+                name = unknown;
+            }
+            printf("state %s %s epoch %" PRIu64 " seq %" PRIu64, hd.camera, name, hd.epoch,
+                   hd.seq);
+            if (payload_len > 0) {
+                putchar(' ');
+                print_reason(payload, (size_t)payload_len);
+            }
+            putchar('\n');
+            flush_stdout();
+            continue;
+        }
+
+        /* section 8: seq continuity per camera within one instance and one open */
+        struct camera_state *cam = camera_for(hd.camera);
+        if (check_seq && cam->has_seq && hd.seq != cam->last_seq + 1 + hd.missed) {
+            printf("seq-error %s %" PRIu64 " after %" PRIu64 " missed %" PRIu64 "\n",
+                   hd.camera, hd.seq, cam->last_seq, hd.missed);
+            flush_stdout();
+        }
+        cam->has_seq = 1; /* stale shm frames too: received, though not delivered */
+        cam->last_seq = hd.seq;
+        cam->last_epoch = hd.epoch;
+
+        const unsigned char *data;
+        uint64_t data_len;
+        if (hd.shm) {
+            /* M0, M1, M2; M3: stale */
+            if (!segment_for(cam, &hd.loc) || !stamp_matches(cam, &hd.loc, hd.seq)) {
+                stale++;
+                continue;
+            }
+            data = cam->base + hd.loc.offset;
+            data_len = hd.loc.length;
+        } else {
             data = payload;
             data_len = payload_len;
         }
@@ -728,7 +956,7 @@ int main(int argc, char **argv)
         char sum[16] = "";
         if (checksum) {
             snprintf(sum, sizeof sum, " %08" PRIx32, frame_checksum(&hd, data, data_len));
-            if (seg != NULL && !stamp_matches(seg, &hd.loc, hd.seq)) {
+            if (hd.shm && !stamp_matches(cam, &hd.loc, hd.seq)) {
                 stale++; /* the slot was rewritten while we read it: never report torn data */
                 continue;
             }
@@ -743,14 +971,14 @@ int main(int argc, char **argv)
         printf("%s %" PRIu64 " %" PRIu64 " %" PRIu64 " %s %" PRIu32 "x%" PRIu32 " %" PRIu64
                " %d%s%s\n", hd.camera, hd.seq, hd.epoch, hd.missed, format_names[hd.format],
                hd.width, hd.height, data_len, (hd.flags & FLAG_KEYFRAME) ? 1 : 0, sum, late);
-        if (fflush(stdout) != 0)
-            die(EXIT_IO, "cannot write to stdout: %s", strerror(errno));
+        flush_stdout();
         if (count_limit != 0 && ++frames >= count_limit)
             break;
     }
     if (stale > 0)
         fprintf(stderr, "%s: skipped %" PRIu64 " stale shm frame(s)\n", program, stale);
-    unmap_all();
+    forget_cameras();
+    free(cameras);
     free(segment_path);
     free(payload);
     close(fd);
