@@ -28,16 +28,19 @@ from framebus.wire import (
     DEFAULT_MAX_HEADER_LEN,
     DEFAULT_MAX_PAYLOAD_LEN,
     PREFIX_LEN,
+    SHM_MESSAGE_LEN,
     FrameHeader,
     Message,
     ShapeCache,
     StateHeader,
     decode_header,
     decode_prefix,
+    decode_shm_message,
     decode_state_reason,
 )
 
 BOUNDARY_READ = 4096  # bytes asked for at a message boundary (PROTOCOL.md rule R1)
+_EMPTY = memoryview(b"")
 
 
 class _Stage(IntEnum):
@@ -117,8 +120,14 @@ class FrameReader:
             self._advance()
 
     def _take_boundary(self, count: int) -> None:
-        """Parse a boundary read: the common case, a whole message with at most a short
-        payload, is decoded in place; anything else goes through ``feed``."""
+        """Parse a boundary read: an shm message of a known shape takes the fast path; any
+        other whole message with at most a short payload is decoded in place; anything else
+        goes through ``feed``."""
+        if count == SHM_MESSAGE_LEN:
+            header = decode_shm_message(self._boundary, self.max_payload_len, self._shapes)
+            if header is not None:
+                self._ready = Message(header, _EMPTY)
+                return
         data = memoryview(self._boundary)[:count]
         if count >= PREFIX_LEN:
             header_len, payload_len = decode_prefix(data[:PREFIX_LEN], self.max_header_len,

@@ -103,7 +103,12 @@ def state_name(code: int) -> str:
         return f"unknown({code})"
 
 
-@dataclass(frozen=True, slots=True)
+# The per-message classes below are plain (not frozen) slots dataclasses: a reader builds
+# several of them for every message, and a frozen dataclass's __init__ costs ~7x as much (one
+# object.__setattr__ per field). Treat them as read-only all the same.
+
+
+@dataclass(slots=True)
 class ShmLocation:
     """Where an shm message's payload lives: a segment file beside the FIFO, a byte range in
     it, and the token the slot's stamp must carry while the payload is the one meant."""
@@ -114,7 +119,7 @@ class ShmLocation:
     token: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FrameHeader:
     """Everything the header of one message says about its frame."""
 
@@ -156,7 +161,7 @@ class StateHeader:
     instance: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     """One whole message. ``payload`` may be a view into a reused buffer (see FrameReader);
     for a STATE message it is the reason, UTF-8."""
@@ -344,6 +349,34 @@ def decode_header(data: bytes | bytearray | memoryview, payload_len: int,
         shapes[key] = shape
         return _header(fields, shape, shm, instance)
     return _header(fields, *_validate(fields, data, payload_len, max_payload_len), instance)
+
+
+# An shm message of a 1.2 writer, the stream's most frequent message, unpacked in one call:
+# prefix, the 1.0 header, the shm fields and the instance (the state byte is 0 in frames).
+_SHM_MESSAGE: Final = struct.Struct("<4sHHQ" + HEADER_V1.format[1:] + SHM_FIELDS.format[1:]
+                                    + "Q")
+SHM_MESSAGE_LEN: Final = PREFIX_LEN + HEADER_LEN  # 256
+
+
+def decode_shm_message(data: bytes | bytearray | memoryview, max_payload_len: int,
+                       shapes: ShapeCache) -> FrameHeader | None:
+    """The fast path for a whole 256-byte message at the start of ``data``: the header of an
+    shm frame whose shape was validated before (``shapes``, as ``decode_header`` fills it),
+    after the per-message checks; None for anything else (take ``decode_prefix`` and
+    ``decode_header``, which apply every rule and give the spec's errors)."""
+    f = _SHM_MESSAGE.unpack_from(data)
+    if (f[0] != MAGIC or f[1] != VERSION or f[2] != HEADER_LEN or f[3]
+            or f[15] & (_SHM_BIT | _STATE_BIT) != _SHM_BIT):
+        return None
+    shape = shapes.get((f[4], f[13:28], 0, max_payload_len, (f[28], f[30])))
+    offset, length, token = f[29], f[30], f[31]
+    if shape is None or offset < SHM_ALIGN or offset % SHM_ALIGN or not token:
+        return None
+    pts = f[8]
+    return FrameHeader(shape.camera, f[5], shape.format, f[18], f[19], shape.planes, f[6], f[7],
+                       None if pts == NO_PTS else pts, (f[9], f[10]), f[11], shape.source,
+                       f[12], shape.flags, ShmLocation(shape.segment, offset, length, token),
+                       f[32])
 
 
 def _offset_and_token_valid(shm_fields: tuple[bytes, int, int, int]) -> bool:
