@@ -401,7 +401,8 @@ def test_c_reader_reads_a_whole_message_at_a_boundary_with_one_read(
         for message, frame in zip(messages[:6], frames[:6], strict=True):
             assert os.write(reader.fd, message) == len(message)
             assert reader.line() == expected_line(frame[0], len(frame[1]))
-        assert read_calls(reader.proc.pid) - start == 6  # blocked reads are counted once they return
+        # a read blocked in the FIFO is counted once it returns: one per message
+        assert read_calls(reader.proc.pid) - start == 6
         both = messages[6] + messages[7]
         assert os.write(reader.fd, both) == len(both)
         assert [reader.line(), reader.line()] == [expected_line(f[0], len(f[1]))
@@ -441,7 +442,7 @@ def test_c_reader_reads_no_further_than_a_message_it_has_begun(
     os.set_blocking(out_w, True)
 
     def unread(fd: int) -> int:
-        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0])
 
     try:
         with LiveReader(reader_exe, tmp_path, stdout=out_w) as reader:

@@ -245,6 +245,8 @@ static size_t boundary_read(int fd)
  * Returns how many arrived before EOF. */
 static size_t take(int fd, unsigned char *buf, size_t len)
 {
+    if (len == 0)
+        return 0; /* buf may be NULL then (no payload buffer yet) */
     size_t got = len < pending_len ? len : pending_len;
     memcpy(buf, boundary + pending_at, got);
     pending_at += got;
