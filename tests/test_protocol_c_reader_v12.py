@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
@@ -523,3 +524,40 @@ def test_c_reader_shows_a_camera_outage_as_state_lines(
     finally:
         err = err or reader.stop()
         assert daemon.stop() == 0
+
+
+def test_c_reader_with_r_discards_a_cut_message_and_forgets_the_instance_at_reopen(
+    reader_exe: Path, tmp_path: Path
+) -> None:
+    """-r: EOF inside a message (the writer died) discards it and reopens; everything known
+    about the stream is void after a reopen, so the next writer's different instance is no
+    restart (the first message after an open is compared with nothing)."""
+    first, cut, after = (frame("cam", 1, 0, A), frame("cam", 2, 0, A), frame("cam", 1, 0, B))
+    fifo = tmp_path / "subscriber.fifo"
+    os.mkfifo(fifo)
+    deadline = time.monotonic() + TIMEOUT_S
+    proc = subprocess.Popen([str(reader_exe), "-r", "-s", str(fifo)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for data in (encode_message(*first) + encode_message(*cut)[:-1],
+                     encode_message(*after)):
+            fd = open_writer(fifo, proc, deadline)
+            os.set_blocking(fd, True)
+            os.write(fd, data)
+            os.close(fd)
+            wait_for(lambda: unread(fifo) == 0, TIMEOUT_S, "the reader to take the bytes")
+        assert proc.stdout is not None
+        out = b""
+        while out.count(b"\n") < 2:  # with -r it never exits: read until both lines are in
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
+                pytest.fail(f"the reader printed {out!r} only")
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, "the reader exited"
+            out += chunk
+    finally:
+        proc.kill()
+        rest, err = proc.communicate(timeout=TIMEOUT_S)
+    assert (out.decode() + rest).splitlines() == [expected_line(first[0], 8),
+                                                  expected_line(after[0], 8)]
+    assert "truncated message at EOF: payload has 7 of 8 bytes, discarded" in err, err
