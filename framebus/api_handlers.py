@@ -298,13 +298,8 @@ class Handlers:
             status.update(connected=sub.connected, frames_sent=stats.sent,
                           bytes_sent=stats.bytes_sent, dropped=dict(stats.dropped),
                           disconnects=sub.disconnects, pipe_size=sub.pipe_size, error=sub.error)
-            if sub.shm_key is not None:
-                state = self.daemon.fanout.exporter.state(sub.shm_key)
-                segment = state.segment if state is not None else None
-                status["shm"] = {"segment": segment.name if segment else None,
-                                 "segment_bytes": segment.size if segment else 0,
-                                 "slots": segment.pool.count if segment else 0,
-                                 "pinned_slots": sub.pinned_slots}
+            if sub.shm_keys:
+                status["shm"] = sub.shm_status(self.daemon.fanout.exporter)
         else:
             status.update(connected=False, error=self.daemon.subscriber_errors.get(name, ""))
         return status

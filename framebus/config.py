@@ -184,7 +184,8 @@ class SubscriberConfig(_Strict):
     pipe_size: int = Field(1 << 20, ge=4096, le=1 << 30)
     mode: FileMode = 0o660
     group: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
-    # shm: pixels go through a shared-memory segment beside the FIFO, headers through the FIFO
+    # shm: pixels go through a shared-memory segment beside the FIFO (one per camera, so a
+    # multi-camera subscriber reads several), headers through the FIFO
     transport: Literal["fifo", "shm"] = "fifo"
     # protocol 1.2 STATE messages (camera reconnecting, down, idle, back) in the stream; off
     # keeps the stream readable by 1.0/1.1 readers, which reject them
@@ -200,8 +201,6 @@ class SubscriberConfig(_Strict):
                 raise ValueError("cameras: expected at least one camera")
             if len(set(self.cameras)) != len(self.cameras):
                 raise ValueError("cameras: a camera is listed twice")
-        if self.cameras is not None and self.transport == "shm":
-            raise ValueError("transport shm carries one camera per subscriber: use camera")
         return self
 
     def names(self, configured: Iterable[str]) -> tuple[str, ...]:
@@ -216,7 +215,8 @@ class SubscriberConfig(_Strict):
     def _shm_carries_raw_frames(self) -> SubscriberConfig:
         if self.transport == "shm" and self.format == "jpeg":
             raise ValueError("transport shm carries raw formats (bgr24, rgb24, gray, yuv420p, "
-                             "nv12); jpeg frames are small: use transport fifo")
+                             "nv12), for one camera or several; jpeg frames are small: use "
+                             "transport fifo")
         return self
 
 

@@ -17,7 +17,9 @@ Invariants (the loop's contract; keep them when changing anything here):
   filled once. Their pipe is one page, so EPOLLOUT means "drained"; a new message is begun
   only once the reader has begun the last one (``HoldLedger.may_send``, from FIONREAD), so a
   subscriber pins at most its held, unread and pending slots. The slot pool's lock is the only
-  lock the loop takes, for a few integer operations.
+  lock the loop takes, for a few integer operations. A multi-camera shm subscriber takes each
+  camera's frames from that camera's segment (``shm_keys``), through its one pipe and ledger,
+  and pins at most 3 slots in each (``Subscriber.pinned_by_camera`` says why).
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ class FanoutLoop:
         ensure_fifo(spec.path, spec.mode, spec.group)
         for camera in spec.all_cameras:
             self.store.want(camera, spec.rendition)
-        if spec.shm_key is not None:
-            self.exporter.want(spec.shm_key)
+        for key in spec.shm_keys.values():  # shm: one segment per camera
+            self.exporter.want(key)
         self.call(functools.partial(self._add, Subscriber(spec)))
 
     def remove(self, name: str) -> None:
@@ -242,12 +244,13 @@ class FanoutLoop:
         last = sub.last_offered.get(frame.camera, 0)
         if frame.seq <= last:
             return
-        if sub.shm_key is None:
+        key = sub.shm_keys.get(frame.camera)  # the segment of this camera's frames
+        if key is None:
             outgoing = fifo_outgoing(frame, payload)
         else:
-            shm = frame.shm.get(sub.shm_key)
-            state = self.exporter.state(sub.shm_key)
-            sub.error = state.error if state is not None else ""
+            shm = frame.shm.get(key)
+            state = self.exporter.state(key)
+            sub.shm_state(frame.camera, state.error if state is not None else "")
             found = None if shm is None else shm_outgoing(frame, payload, shm)
             if found is None:
                 return  # no segment (the error says why) or the frame is already gone
@@ -422,8 +425,8 @@ class FanoutLoop:
         for camera in sub.spec.all_cameras:
             self._by_camera[camera].remove(sub)
             self.store.unwant(camera, sub.spec.rendition)
-        if sub.shm_key is not None:
-            self.exporter.unwant(sub.shm_key)
+        for key in sub.shm_keys.values():
+            self.exporter.unwant(key)
         sub.outbox.drop_pending()
         if sub.connected and (sub.outbox.has_bytes or keep_open):  # never cut a message
             sub.retiring = True

@@ -236,16 +236,19 @@ class FramebusCollector(Collector):
                                         "Publish to fully written", labels=labels)
         info = GaugeMetricFamily("framebus_subscriber_info", "1 per subscriber, with its "
                                  "transport", labels=[*labels, "transport"])
+        # shm series are per segment, and a segment holds one camera's frames: a multi-camera
+        # subscriber has one series per camera, a single-camera one its one as before
         pinned = GaugeMetricFamily("framebus_subscriber_shm_pinned_slots",
-                                   "shm slots the subscriber keeps from reuse (at most 3)",
-                                   labels=labels)
+                                   "shm slots the subscriber keeps from reuse in the camera's "
+                                   "segment (at most 3)", labels=labels)
         segment_bytes = GaugeMetricFamily("framebus_subscriber_shm_segment_bytes",
-                                          "Size of the shm segment the subscriber reads "
-                                          "(shared with its rendition's other shm subscribers)",
-                                          labels=labels)
+                                          "Size of the shm segment the subscriber reads the "
+                                          "camera's frames from (shared with that rendition's "
+                                          "other shm subscribers)", labels=labels)
         failures = CounterMetricFamily("framebus_subscriber_shm_failures",
-                                       "Attempts to make the subscriber's shm segment that "
-                                       "failed, by reason", labels=[*labels, "reason"])
+                                       "Attempts to make the subscriber's shm segment for the "
+                                       "camera that failed, by reason",
+                                       labels=[*labels, "reason"])
         exporter = self.daemon.fanout.exporter
         for name, sub in list(self.daemon.fanout.subscribers.items()):
             # frame counts per camera (a multi-camera FIFO has one series each); what belongs
@@ -268,14 +271,16 @@ class FramebusCollector(Collector):
                 buckets.append((_bound(bound), cumulative))
             latency.add_metric(key, buckets, sub.latency.sum_s)
             info.add_metric([*key, sub.spec.transport], 1)
-            if sub.shm_key is not None:
-                state = exporter.state(sub.shm_key)
+            pins = sub.pinned_by_camera()
+            for camera, shm_key in sub.shm_keys.items():  # per segment: per camera
+                state = exporter.state(shm_key)
                 segment = state.segment if state is not None else None
-                pinned.add_metric(key, sub.pinned_slots)
-                segment_bytes.add_metric(key, segment.size if segment is not None else 0)
+                pinned.add_metric([name, camera], pins[camera])
+                segment_bytes.add_metric([name, camera],
+                                         segment.size if segment is not None else 0)
                 for reason in SHM_FAILURE_REASONS:
                     count = state.failures[reason] if state is not None else 0
-                    failures.add_metric([*key, reason], count)
+                    failures.add_metric([name, camera, reason], count)
         yield from (offered, sent, dropped, sent_bytes, connected, disconnects, latency, info,
                     pinned, segment_bytes, failures)
 

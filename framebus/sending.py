@@ -5,15 +5,20 @@ the header alone, naming a slot that the decoder thread filled once for every su
 the rendition. An shm message is pinned from the moment it is offered until the reader has
 begun a later message (``HoldLedger``), or, once the daemon ended the stream itself, for
 ``PARK_S`` longer, so the reader can finish with its last frame.
+
+A multi-camera shm subscriber reads each camera's frames from that camera's own segment (one
+``ShmKey`` per camera), through its one FIFO and one ``HoldLedger``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from framebus.exporter import ShmKey
+from framebus.exporter import ShmExporter, ShmKey
 from framebus.outbox import Outbox, Outgoing
 from framebus.shm import ShmFrame
 from framebus.slots import HoldLedger
@@ -47,12 +52,17 @@ class SubscriberSpec:
         """Every camera whose frames go into this subscriber's FIFO."""
         return self.cameras or (self.camera,)
 
+    def shm_key_for(self, camera: str) -> ShmKey:
+        """The segment this subscriber shares for ``camera``'s frames (``transport: shm``)."""
+        return ShmKey(camera, self.rendition, self.path.parent, self.mode, self.group)
+
     @property
-    def shm_key(self) -> ShmKey | None:
-        """The segment this subscriber shares, for ``transport: shm``."""
+    def shm_keys(self) -> dict[str, ShmKey]:
+        """Per camera, the segment its frames come through; empty unless ``transport: shm``.
+        A multi-camera subscriber has one per camera: a segment holds one camera's frames."""
         if self.transport != "shm":
-            return None
-        return ShmKey(self.camera, self.rendition, self.path.parent, self.mode, self.group)
+            return {}
+        return {camera: self.shm_key_for(camera) for camera in self.all_cameras}
 
 
 @dataclass
@@ -175,8 +185,10 @@ class Subscriber:
         self.retiring = False  # removed: finish the in-flight message, then close
         self.retire_deadline_ns = 0
         self.on_closed: Callable[[bool], None] | None = None  # one-shot: called with "complete"
-        self.shm_key = spec.shm_key
-        self.ledger: HoldLedger[Token] | None = HoldLedger() if self.shm_key else None
+        self.shm_keys = spec.shm_keys
+        self.shm_errors = dict.fromkeys(self.shm_keys, "")  # per camera: why its segment failed
+        # one ledger for the one pipe, whatever the cameras: the hold rule is per pipe
+        self.ledger: HoldLedger[Token] | None = HoldLedger() if self.shm_keys else None
         self.drain_wakes = False  # shm: EPOLLOUT fires only once the pipe is drained
         self.message_start = 0  # shm: stream offset where the message being written began
 
@@ -185,10 +197,62 @@ class Subscriber:
         """True while a reader has the FIFO open."""
         return self.fd >= 0
 
+    def shm_state(self, camera: str, error: str) -> None:
+        """Loop thread, per frame offered: ``camera``'s segment is fine ("") or failed. The
+        subscriber's ``error`` says it; with several cameras, naming each one that failed."""
+        if len(self.shm_keys) == 1:
+            self.error = error
+            return
+        self.shm_errors[camera] = error
+        if error or self.error:  # all fine and nothing to clear: no string work per frame
+            self.error = "; ".join(f"{c}: {e}" for c, e in self.shm_errors.items() if e)
+
+    def pinned_by_camera(self) -> Counter[str]:
+        """shm slots this subscriber keeps from reuse, per camera: held, unread and pending.
+
+        At most 3 per camera, so at most 3 in each segment (a segment holds one camera's
+        frames), however many cameras share the pipe; this is what sizes a segment at
+        ``slots.capacity(n) = 3n + 2``. Why 3:
+
+        * the ledger holds at most 2 messages for the whole pipe, whichever cameras they are
+          of: the one the reader began last (held) and one written after it (unread), because
+          ``HoldLedger.may_send`` lets a message be written only once the reader has begun the
+          previous one, and ``consumed`` lets go of everything before the one begun last;
+        * the outbox keeps at most 1 pending frame per camera (newest wins per stream);
+        * nothing stays in flight: an shm message (256 bytes) is written whole by one writev
+          into a pipe that holds at most one other message (a write of up to PIPE_BUF bytes
+          is atomic), and moves from the outbox to the ledger in the same ``_flush``.
+
+        STATE messages take a ledger place but pin nothing. Safe from other threads (API,
+        metrics): both lists are copied in one step before they are read.
+        """
+        if self.ledger is None:
+            return Counter()
+        return Counter(t.encoded.header.camera
+                       for t in [*self.ledger.items(), *self.outbox.held()]
+                       if isinstance(t, ShmSending))
+
+    def shm_status(self, exporter: ShmExporter) -> dict[str, Any]:
+        """For the API: the segment a single-camera subscriber reads and what it pins there;
+        for a multi-camera one the same per camera under ``cameras`` (each camera's frames
+        have their own segment), with that camera's error."""
+        pins = self.pinned_by_camera()
+        per_camera: dict[str, dict[str, Any]] = {}
+        for camera, key in self.shm_keys.items():
+            state = exporter.state(key)
+            segment = state.segment if state is not None else None
+            per_camera[camera] = {"segment": segment.name if segment else None,
+                                  "segment_bytes": segment.size if segment else 0,
+                                  "slots": segment.pool.count if segment else 0,
+                                  "pinned_slots": pins[camera]}
+        if not self.spec.cameras:
+            return per_camera[self.spec.camera]
+        for camera, info in per_camera.items():
+            info["error"] = self.shm_errors.get(camera, "")
+        return {"cameras": per_camera}
+
     @property
     def pinned_slots(self) -> int:
-        """shm slots this subscriber keeps from reuse: held, unread and pending."""
-        if self.ledger is None:
-            return 0
-        pending = sum(isinstance(t, ShmSending) for t in self.outbox.held())
-        return len(self.ledger) + pending
+        """shm slots this subscriber keeps from reuse, every camera together: at most 3 for
+        one camera, at most 2 + one per camera for several (``pinned_by_camera``)."""
+        return sum(self.pinned_by_camera().values())

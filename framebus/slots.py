@@ -17,7 +17,9 @@ which message each reader has begun. From that:
 
 Bound (per segment, with ``n`` shm subscribers): each subscriber pins at most 3 slots (held,
 unread, pending in its outbox), the store's newest frame 1 and the decoder's write in progress
-1, so ``capacity(n) = 3 * n + 2`` slots always leave one free to write.
+1, so ``capacity(n) = 3 * n + 2`` slots always leave one free to write. A subscriber of several
+cameras has one ledger for its one pipe (at most 2 messages, of any cameras) and one pending
+frame per camera, so it too pins at most 3 slots in each camera's segment.
 """
 
 from __future__ import annotations
@@ -128,8 +130,9 @@ class HoldLedger(Generic[T]):
         return len(self._sent)
 
     def items(self) -> list[T]:
-        """What is still held or unread, oldest first."""
-        return [w.item for w in self._sent]
+        """What is still held or unread, oldest first. Other threads may ask (the API): the
+        deque is copied in one C-level step, so the loop changing it meanwhile is harmless."""
+        return [w.item for w in list(self._sent)]
 
     def wrote(self, length: int, item: T) -> None:
         """A whole message of ``length`` bytes, naming ``item``, went into the pipe."""

@@ -1,9 +1,11 @@
 """Test helpers for the shm transport: frames whose every pixel encodes their seq, a publisher
-that feeds them to a real store and fan-out loop, and pattern-checking reader processes."""
+that feeds them to a real store and fan-out loop, and pattern-checking reader processes (for
+those frames, and for the RTSP test server's clips)."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from framebus.store import LatestFrameStore, StoredFrame
 from framebus.wire import CaptureSource
 
 SHM_READER = Path(__file__).resolve().parent / "shm_reader_proc.py"
+CLIP_READER = Path(__file__).resolve().parent / "clip_reader_proc.py"
 
 
 def pattern(seq: int, width: int, height: int) -> np.ndarray:
@@ -116,3 +119,69 @@ class PatternReader:
         self.proc.wait(timeout)
         self._thread.join(timeout)
         return self.progress
+
+
+class ClipReader:
+    """A consumer process (clip_reader_proc.py) that checks every pixel of every frame of the
+    RTSP test server's cameras against their clips, plus checked_reader's stream checks."""
+
+    def __init__(self, fifo: Path, clips: dict[str, Path], max_seconds: float = 600) -> None:
+        args = [f"--clip={camera}={path}" for camera, path in clips.items()]
+        self.fifo = fifo
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CLIP_READER), str(fifo), "--max-seconds", str(max_seconds),
+             *args], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        self.frames: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] | None = None
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            if not line.startswith("{"):
+                continue
+            record = json.loads(line)
+            if record.get("end"):
+                self.summary = record
+            elif "seq" in record and "camera" in record and "event" not in record:
+                self.frames.append(record)
+
+    def count(self, camera: str, since: int = 0) -> int:
+        """Frames of ``camera`` received, from the ``since``-th frame on."""
+        return sum(f["camera"] == camera for f in self.frames[since:])
+
+    def wait_frames(self, per_camera: dict[str, int], timeout: float = 60) -> None:
+        """Wait until at least so many frames of each camera arrived."""
+        def enough() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the reader of {self.fifo.name} exited: {self.lines[-3:]}")
+            return all(self.count(c) >= n for c, n in per_camera.items())
+        wait_for(enough, timeout, f"{per_camera} frames at the reader of {self.fifo.name}")
+
+    def pause(self) -> None:
+        """SIGSTOP: the reader stops reading (and holds its last frame)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT."""
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 30) -> dict[str, Any]:
+        """Close its stdin (it ends cleanly) and return its summary."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._thread.join(timeout)
+        if self.summary is None:
+            raise AssertionError(f"the reader of {self.fifo.name} ended without a summary: "
+                                 f"{self.lines[-3:]}")
+        return self.summary

@@ -58,6 +58,10 @@ def test_a_good_file_loads_into_typed_frozen_values(tmp_path: Path,
     ("cameraz: {}\n", "cameraz: unknown key"),
     ("cameras:\n  c: {url: rtsp://h/x}\nsubscribers:\n  s: {camera: c, transport: shm, "
      "format: jpeg}\n", "subscribers.s: transport shm carries raw formats"),
+    ("cameras:\n  c: {url: rtsp://h/x}\nsubscribers:\n  s: {cameras: '*', transport: shm, "
+     "format: jpeg}\n", "subscribers.s: transport shm carries raw formats (bgr24, rgb24, "
+     "gray, yuv420p, nv12), for one camera or several; jpeg frames are small: use transport "
+     "fifo"),
     ("cameras:\n  c: {url: rtsp://h/x}\nsubscribers:\n  s: {camera: c, transport: tcp}\n",
      "subscribers.s.transport: Input should be 'fifo' or 'shm'"),
     ("cameras:\n  front: {transport: udp}\n", "cameras.front.url: required key is missing"),

@@ -94,7 +94,8 @@ def test_cameras_star_over_the_api_and_refusals(daemon: Daemon) -> None:
     for bad, error in (({"cameras": ["fast", "nope"]}, "unknown_camera"),
                        ({"cameras": ["fast", "fast"]}, "bad_request"),
                        ({"camera": "fast", "cameras": ["slow"]}, "bad_request"),
-                       ({"cameras": ["fast"], "transport": "shm"}, "bad_request")):
+                       ({"cameras": ["fast"], "format": "jpeg", "transport": "shm"},
+                        "bad_request")):
         status, body = api.json("POST", "/v1/subscriptions", {"name": "x", **bad})
         assert body["error"] == error, (bad, body)
     status, listed = api.json("GET", "/v1/cameras/slow")

@@ -197,9 +197,7 @@ def test_a_tmpfs_too_small_fails_that_subscriber_clearly_and_no_one_else(
             sub = loop.subscribers["big"]
             wait_for(lambda: "does not fit" in sub.error, 30, "the no-space error")
             assert str(small_tmpfs) in sub.error and "MiB" in sub.error
-            key = sub.shm_key
-            assert key is not None
-            state = loop.exporter.state(key)
+            state = loop.exporter.state(sub.shm_keys["cam"])
             assert state is not None and state.failures["no_space"] >= 1
             assert sub.outbox.stats.sent == 0 and segments(small_tmpfs) == []
         assert big.stop()["frames"] == 0
