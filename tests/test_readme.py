@@ -90,3 +90,12 @@ def test_request_frame_runs_as_written(daemon: Daemon) -> None:
 def test_the_asyncio_consumers_run_as_written(daemon: Daemon) -> None:
     shapes = {line.split(" ", 2)[2] for line in run(daemon, snippet("AsyncSubscriber("), 8)}
     assert shapes == {"(720, 1280, 3)", "(180, 320)"}  # both FIFOs, in one loop
+
+
+def test_the_event_snippet_runs_as_written(daemon: Daemon) -> None:
+    lines = run(daemon, snippet("on_event=tell"), 2)
+    for line in lines:  # the camera streams: frames (an event would come first, as a line)
+        kind, camera, *rest = line.split()
+        assert (kind, camera) in {("frame", "front"), ("event", "front")}, line
+        if kind == "frame":
+            assert int(rest[0]) > 0 and rest[1] == "True"  # a 1.2 daemon names its instance
