@@ -39,13 +39,22 @@ RETRY_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class ShmKey:
-    """What shm subscribers share one segment by."""
+    """What shm subscribers share one segment by. Looked up for every frame and subscriber:
+    the hash is computed once (a dataclass would hash the rendition and the path each time)."""
 
     camera: str
     rendition: Rendition
     directory: Path
     mode: int
     group: str | None
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.camera, self.rendition, self.directory,
+                                                self.mode, self.group)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass
@@ -71,13 +80,16 @@ class ShmExporter:
         self._token_blocks = itertools.count(1)
         self._retired: list[Segment] = []  # unlinked once no slot of theirs is pinned
 
-    def want(self, key: ShmKey) -> None:
-        """One more subscriber of ``key``."""
+    def want(self, key: ShmKey) -> ShmKey:
+        """One more subscriber of ``key``; returns the key object the exporter keeps for it
+        (equal to ``key``), which its subscribers use so lookups match by identity."""
         with self._lock:
             states = dict(self._keys.get(key.camera, {}))
-            state = states.setdefault(key, ExportState())
+            kept = next((k for k in states if k == key), key)
+            state = states.setdefault(kept, ExportState())
             state.subscribers += 1
             self._keys[key.camera] = states
+            return kept
 
     def unwant(self, key: ShmKey) -> None:
         """One subscriber fewer; the last one retires the segment."""

@@ -8,6 +8,9 @@ Invariants (the loop's contract; keep them when changing anything here):
 * The epoll interest mask is derived from state: a connected subscriber is registered with
   EPOLLOUT exactly while its outbox has bytes to write, and with an empty mask otherwise
   (EPOLLERR/EPOLLHUP are always reported, so a reader leaving is noticed even when idle).
+  The exception is an shm subscriber on a one-page pipe (``drain_wakes``): it is registered
+  once, edge-triggered, for EPOLLOUT, which then fires exactly when its reader drains the
+  pipe, i.e. begins a message; a mask changed twice per message cost two syscalls each.
 * Frames are never torn: ``Outbox`` finishes a begun message before anything else, and a
   reader that leaves loses only whole frames; the next reader starts at a message boundary.
 * Other threads talk to the loop only through thread-safe deques plus an eventfd wake-up:
@@ -61,6 +64,7 @@ log = logging.getLogger("framebus.fanout")
 
 RETIRE_S = 2  # how long a removed subscriber gets to take its in-flight message
 _ERR = select.EPOLLERR | select.EPOLLHUP
+_DRAINED = select.EPOLLOUT | select.EPOLLET
 
 
 class FanoutLoop:
@@ -119,9 +123,11 @@ class FanoutLoop:
         ensure_fifo(spec.path, spec.mode, spec.group)
         for camera in spec.all_cameras:
             self.store.want(camera, spec.rendition)
-        for key in spec.shm_keys.values():  # shm: one segment per camera
-            self.exporter.want(key)
-        self.call(functools.partial(self._add, Subscriber(spec)))
+        sub = Subscriber(spec)
+        for camera, key in sub.shm_keys.items():  # shm: one segment per camera
+            # the exporter's own key object: per-frame lookups then match by identity
+            sub.shm_keys[camera] = self.exporter.want(key)
+        self.call(functools.partial(self._add, sub))
 
     def remove(self, name: str) -> None:
         """Stop serving a subscriber (its reader sees EOF at a message boundary soon)."""
@@ -296,9 +302,20 @@ class FanoutLoop:
 
     def _update_mask(self, sub: Subscriber, gate_open: bool = True) -> None:
         # a closed shm gate waits for the pipe to drain: EPOLLOUT reports exactly that on a
-        # one-page pipe; on a larger one it would spin, so the next publish re-checks instead
+        # one-page pipe (edge-triggered, set once: _watch); on a larger one it would spin, so
+        # the next publish re-checks instead
+        if sub.mask == _DRAINED:
+            return
         waits = sub.outbox.has_bytes and (gate_open or sub.drain_wakes)
         wanted = select.EPOLLOUT if waits else 0
+        if wanted != sub.mask:
+            self._epoll.modify(sub.fd, wanted)
+            sub.mask = wanted
+
+    def _watch(self, sub: Subscriber) -> None:
+        """The interest a (newly) connected subscriber keeps: edge-triggered EPOLLOUT for good
+        when EPOLLOUT means "drained" (one-page shm pipe), else derived per flush."""
+        wanted = _DRAINED if sub.drain_wakes else 0
         if wanted != sub.mask:
             self._epoll.modify(sub.fd, wanted)
             sub.mask = wanted
@@ -342,6 +359,7 @@ class FanoutLoop:
             sub.connects += 1
             self._by_fd[fd] = sub
             self._epoll.register(fd, 0)
+            self._watch(sub)
             log.info("subscriber %s: reader connected (pipe %d bytes)", sub.spec.name,
                      sub.pipe_size, extra={"SUBSCRIBER": sub.spec.name})
             for camera in sub.spec.all_cameras:  # a new reader starts with the newest frames
@@ -414,6 +432,7 @@ class FanoutLoop:
                     sub.pipe_size = set_pipe_size(
                         sub.fd, SHM_PIPE_SIZE if sub.ledger is not None else sub.spec.pipe_size)
                     sub.drain_wakes = sub.ledger is not None and sub.pipe_size == SHM_PIPE_SIZE
+                self._watch(sub)
                 old.fd = -1
                 self._close(old)  # parks the holds of a transport change
                 return
