@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from framebus.backoff import Backoff, BackoffPolicy
 from framebus.config import CameraConfig
 from framebus.failures import describe_error, failure_reason, unresolvable
+from framebus.opening import decoder_options, open_options
 from framebus.store import LatestFrameStore, StoredFrame
 from framebus.urls import redact_url, url_with_credentials
 from framebus.wire import CaptureSource, StreamState
@@ -234,7 +235,8 @@ class Camera:
             # read, the RTSP demuxer hands out a stale buffered frame, which would hide the
             # stall from the watchdog. The watchdog detects; this only unblocks the thread.
             lavfi = self._open_url.startswith("lavfi:")  # an FFmpeg filter graph as a source
-            container = av.open(self._open_url.removeprefix("lavfi:"), options=self._options(),
+            container = av.open(self._open_url.removeprefix("lavfi:"),
+                                options=open_options(cfg),
                                 format="lavfi" if lavfi else None,
                                 timeout=(cfg.open_timeout, cfg.stall_timeout + cfg.read_timeout),
                                 hwaccel=self._hwaccel())
@@ -264,20 +266,6 @@ class Camera:
             if container is not None:
                 container.close()
 
-    def _options(self) -> dict[str, str]:
-        if urlsplit(self.config.url).scheme not in ("rtsp", "rtsps"):
-            return {}
-        # FFmpeg's own socket timeout is a last resort behind PyAV's interrupt callback.
-        cfg = self.config
-        last_resort = cfg.open_timeout + cfg.stall_timeout + cfg.read_timeout
-        options = {"timeout": str(int(last_resort * 1_000_000)),
-                   # RTSP's SDP already names the codec: probing 0.1 s instead of FFmpeg's ~1 s
-                   # makes every (re)connect about a second faster.
-                   "analyzeduration": "100000", "probesize": "32768"}
-        if self.config.transport != "auto":
-            options["rtsp_transport"] = self.config.transport
-        return options
-
     def _hwaccel(self) -> HWAccel | None:
         if not self.config.hwaccel:
             return None
@@ -295,6 +283,8 @@ class Camera:
         if codec is None or stream.codec_context.name is None:
             raise _Unsupported("no decoder for the video stream")
         self._check_size(codec.width, codec.height)  # from the SDP/extradata: before decoding
+        if not codec.is_open:  # a stream that grows later is refused by the decoder itself
+            codec.options = decoder_options(self.config)
         codec.thread_count = self.config.decoder_threads
         if self.config.decoder_threads != 1:
             codec.thread_type = "AUTO"
@@ -321,6 +311,8 @@ class Camera:
                 frames = packet.decode()
             except av.error.FFmpegError:
                 self.stats.decode_errors += 1
+                # the decoder refused a picture over max_pixels (it knows the new size): say so
+                self._check_size(codec.width, codec.height)
                 continue
             for frame in frames:
                 self._check_size(frame.width, frame.height)  # a stream may grow mid-way
