@@ -144,12 +144,14 @@ class DaemonProcess:
 class CheckedReader:
     """A consumer process (tests/checked_reader.py) validating every message it reads."""
 
+    SCRIPT = CHECKED_READER  # a subclass may run another reader with the same output
+
     def __init__(self, fifo: Path, *args: str, max_seconds: float = 1200.0,
                  user: str | int | None = None, group: str | int | None = None,
                  python: str = sys.executable, env: dict[str, str] | None = None) -> None:
         self.fifo = fifo
         self.proc = subprocess.Popen(
-            [python, str(CHECKED_READER), str(fifo), "--max-seconds", str(max_seconds), *args],
+            [python, str(self.SCRIPT), str(fifo), "--max-seconds", str(max_seconds), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}, user=user,
             group=group,

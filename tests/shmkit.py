@@ -5,7 +5,6 @@ those frames, and for the RTSP test server's clips)."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 
 import av
 import numpy as np
+from faultkit import CheckedReader
 from waiting import wait_for
 
 from framebus.fanout import FanoutLoop
@@ -121,67 +121,24 @@ class PatternReader:
         return self.progress
 
 
-class ClipReader:
+class ClipReader(CheckedReader):
     """A consumer process (clip_reader_proc.py) that checks every pixel of every frame of the
     RTSP test server's cameras against their clips, plus checked_reader's stream checks."""
 
-    def __init__(self, fifo: Path, clips: dict[str, Path], max_seconds: float = 600) -> None:
-        args = [f"--clip={camera}={path}" for camera, path in clips.items()]
-        self.fifo = fifo
-        self.proc = subprocess.Popen(
-            [sys.executable, str(CLIP_READER), str(fifo), "--max-seconds", str(max_seconds),
-             *args], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-        self.frames: list[dict[str, Any]] = []
-        self.summary: dict[str, Any] | None = None
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
+    SCRIPT = CLIP_READER
 
-    def _collect(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            if not line.startswith("{"):
-                continue
-            record = json.loads(line)
-            if record.get("end"):
-                self.summary = record
-            elif "seq" in record and "camera" in record and "event" not in record:
-                self.frames.append(record)
+    def __init__(self, fifo: Path, clips: dict[str, Path], max_seconds: float = 600) -> None:
+        super().__init__(fifo, *[f"--clip={camera}={path}" for camera, path in clips.items()],
+                         max_seconds=max_seconds)
 
     def count(self, camera: str, since: int = 0) -> int:
         """Frames of ``camera`` received, from the ``since``-th frame on."""
         return sum(f["camera"] == camera for f in self.frames[since:])
 
-    def wait_frames(self, per_camera: dict[str, int], timeout: float = 60) -> None:
+    def wait_for_cameras(self, per_camera: dict[str, int], timeout: float = 60) -> None:
         """Wait until at least so many frames of each camera arrived."""
         def enough() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"the reader of {self.fifo.name} exited: {self.lines[-3:]}")
             return all(self.count(c) >= n for c, n in per_camera.items())
         wait_for(enough, timeout, f"{per_camera} frames at the reader of {self.fifo.name}")
-
-    def pause(self) -> None:
-        """SIGSTOP: the reader stops reading (and holds its last frame)."""
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT."""
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self, timeout: float = 30) -> dict[str, Any]:
-        """Close its stdin (it ends cleanly) and return its summary."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._thread.join(timeout)
-        if self.summary is None:
-            raise AssertionError(f"the reader of {self.fifo.name} ended without a summary: "
-                                 f"{self.lines[-3:]}")
-        return self.summary

@@ -73,8 +73,8 @@ def test_every_pixel_of_two_cameras_through_their_own_segments(
         readers = [ClipReader(fifos / f"{n}.fifo", clips(server)) for n in ("both", "one", "all")]
         both, one, every = readers
         for reader in (both, every):
-            reader.wait_frames({"a": 100, "b": 40}, timeout=120)
-        one.wait_frames({"a": 100})
+            reader.wait_for_cameras({"a": 100, "b": 40}, timeout=120)
+        one.wait_for_cameras({"a": 100})
         # a segment per camera and rendition: yuv420p a (both + one), yuv420p b, gray a, gray b
         assert len(segments(fifos)) == 4
         _, got = api.json("GET", "/v1/subscriptions/both")
@@ -156,7 +156,7 @@ def test_a_stalled_reader_pins_at_most_3_slots_per_segment_and_others_keep_their
     readers = {n: ClipReader(fifos / f"{n}.fifo", clips_of) for n in ("stalled", "other", "one")}
     try:
         for name, reader in readers.items():
-            reader.wait_frames({"b": 25} if name == "one" else {"a": 25, "b": 25})
+            reader.wait_for_cameras({"b": 25} if name == "one" else {"a": 25, "b": 25})
         stalled, other, one = readers["stalled"], readers["other"], readers["one"]
         sub = running.fanout.subscribers["stalled"]
         stats = sub.outbox.stream_stats
@@ -188,7 +188,7 @@ def test_a_stalled_reader_pins_at_most_3_slots_per_segment_and_others_keep_their
         dropped = {c: stats[c].dropped["slow_reader"] for c in ("a", "b")}
         stalled.resume()
         before = {c: stalled.count(c) for c in ("a", "b")}
-        stalled.wait_frames({c: n + 25 for c, n in before.items()})
+        stalled.wait_for_cameras({c: n + 25 for c, n in before.items()})
         summaries = {name: reader.stop() for name, reader in readers.items()}
     finally:
         for reader in readers.values():
