@@ -18,6 +18,7 @@ from framebus.config import FifoPath, PixelFormatName, SubscriberConfig, parse_m
 from framebus.errors import FifoError
 from framebus.fifo import FifoRefused, NoReader, check_allowed_path, open_requested_fifo
 from framebus.imaging import convert, encode_image
+from framebus.query import query_decimal, query_int
 from framebus.store import DEFAULT_QUALITY, Rendition, StoredFrame
 from framebus.urls import redact_url
 from framebus.wire import PixelFormat
@@ -62,31 +63,6 @@ class SubscriptionRequest(SubscriberConfig):
 
 
 MAX_SNAPSHOT_SIDE = 8192  # a request must not make the daemon convert gigabytes
-
-
-def _int(query: dict[str, str], key: str, low: int, high: int) -> int | None:
-    if key not in query:
-        return None
-    try:
-        value = int(query[key])
-    except ValueError:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query", f"{key}: expected an integer") from None
-    if not low <= value <= high:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query", f"{key}: expected {low}..{high}")
-    return value
-
-
-def _max_age(query: dict[str, str]) -> float | None:
-    if "max_age" not in query:
-        return None
-    try:
-        value = float(query["max_age"])
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:  # also refuses nan, which would compare false to any age
-        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query",
-                       "max_age: expected a finite number of seconds >= 0")
-    return value
 
 
 def _check_owner(path: Path, owner: int, peer: Peer) -> None:
@@ -161,8 +137,9 @@ class Handlers:
         """The newest frame (newer than ``newer_than``), waiting up to ``wait`` seconds (at most
         ``http.wait_timeout``) for one; 503 if none comes or it is older than ``max_age``."""
         self._camera(name)
-        newer_than = _int(query, "newer_than", 0, 2**63 - 1)
-        limit = _max_age(query)
+        newer_than = query_int(query, "newer_than", 0, 2**63 - 1)
+        limit = query_decimal(query, "max_age", 0,
+                              expected="a number of seconds >= 0 (ASCII digits, e.g. 2 or 0.5)")
         store = self.daemon.store
         wait = min(wait or math.inf, self.daemon.config.http.wait_timeout)
         deadline = time.monotonic() + wait
@@ -186,9 +163,9 @@ class Handlers:
 
     def snapshot(self, query: dict[str, str], name: str, kind: str) -> Reply:
         """GET /v1/cameras/{name}/snapshot.jpg|png: the newest frame as an image."""
-        width = _int(query, "width", 1, MAX_SNAPSHOT_SIDE)
-        height = _int(query, "height", 1, MAX_SNAPSHOT_SIDE)
-        quality = _int(query, "quality", 1, 100) or DEFAULT_QUALITY
+        width = query_int(query, "width", 1, MAX_SNAPSHOT_SIDE)
+        height = query_int(query, "height", 1, MAX_SNAPSHOT_SIDE)
+        quality = query_int(query, "quality", 1, 100) or DEFAULT_QUALITY
         self._check_size(name, width, height)
         frame = self._frame(name, query)
         if kind == "jpg":  # shared with any subscriber wanting the same: converted once

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -35,6 +35,7 @@ from framebus.api import ApiError, Reply
 from framebus.api_handlers import Handlers
 from framebus.http_server import App, HttpServer, Limits, Peer, Request, Response, error_response
 from framebus.metrics import OTHER, HttpRequestStats, build_registry, render
+from framebus.query import parse_query
 from framebus.view import DaemonView
 from framebus.web import Web
 
@@ -219,8 +220,7 @@ class Api(App):
         if request.method == "POST":
             data = self._json(body)  # POST endpoints learn who asks: FIFOs must be theirs
             return lambda: route.func(data, request.peer, **args)
-        query = {k: v[-1] for k, v in
-                 parse_qs(urlsplit(request.target).query, keep_blank_values=True).items()}
+        query = parse_query(request.target)
         return lambda: route.func(query, **args)
 
     @staticmethod

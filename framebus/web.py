@@ -46,13 +46,14 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from framebus.access import TOKEN_FILE_NAME, origin_allowed
 from framebus.api import ApiError
 from framebus.http_server import Request, Response
+from framebus.query import parse_query, query_decimal, query_int
 from framebus.store import Rendition, StoredFrame
 from framebus.webpage import csp, login_page, status_page
 from framebus.wire import PixelFormat
@@ -76,11 +77,10 @@ IDLE_POLL_S = 0.25  # how often a view looks for a frame while its camera sends 
 def _split(request: Request) -> tuple[str, dict[str, str]]:
     """The path and query of a request ("" and {} for a target that is no URL)."""
     try:
-        parts = urlsplit(request.target)
+        path = urlsplit(request.target).path
     except ValueError:
         return "", {}
-    return parts.path, {key: values[-1] for key, values in
-                        parse_qs(parts.query, keep_blank_values=True).items()}
+    return path, parse_query(request.target)
 
 
 def _mac(token: SecretStr, expires: int) -> str:
@@ -190,22 +190,10 @@ class Web:
         if name not in self.view.cameras.cameras:
             raise ApiError(HTTPStatus.NOT_FOUND, "unknown_camera", f"no camera named {name!r}")
         _, query = _split(request)
-        fps = DEFAULT_FPS
-        if "fps" in query:
-            try:
-                fps = float(query["fps"])
-            except ValueError:
-                fps = math.nan
-            if not 0 < fps < math.inf:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query",
-                               "fps: expected a number > 0 (above 10 counts as 10)")
-        fps = min(fps, MAX_FPS)
-        width = DEFAULT_WIDTH
-        if "width" in query:
-            if not query["width"].isdigit() or not 1 <= int(query["width"]) <= MAX_WIDTH:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_query",
-                               f"width: expected an integer 1..{MAX_WIDTH}")
-            width = int(query["width"])
+        fps = min(query_decimal(query, "fps", 0, low_open=True, expected="a number > 0 "
+                                "(ASCII digits, e.g. 5 or 0.5; above 10 counts as 10)")
+                  or DEFAULT_FPS, MAX_FPS)
+        width = query_int(query, "width", 1, MAX_WIDTH) or DEFAULT_WIDTH
         stream = self.live.open(name, fps, width)
         headers = [("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}"),
                    ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "docs" / "openapi.yaml"
 SPEC: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
 SOURCES = [ROOT / "framebus" / "control.py", ROOT / "framebus" / "api_handlers.py",
-           ROOT / "framebus" / "http_server.py"]
+           ROOT / "framebus" / "http_server.py", ROOT / "framebus" / "query.py"]
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 SPEC_URI = "urn:framebus:openapi"
 
