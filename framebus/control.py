@@ -14,7 +14,6 @@ run on a pool of ``http.workers`` threads, and beyond it answer 503 with Retry-A
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ from framebus.access import host_allowed, host_name, origin_allowed, token_match
 from framebus.api import ApiError, Reply
 from framebus.api_handlers import Handlers
 from framebus.http_server import App, HttpServer, Limits, Peer, Request, Response, error_response
+from framebus.jsonbody import MAX_DEPTH, JsonTooDeep, loads_bounded
 from framebus.metrics import OTHER, HttpRequestStats, build_registry, render
 from framebus.query import parse_query
 from framebus.view import DaemonView
@@ -226,7 +226,9 @@ class Api(App):
     @staticmethod
     def _json(body: bytes) -> dict[str, Any]:
         try:
-            data = json.loads(body or b"{}")
+            data = loads_bounded(body or b"{}", MAX_DEPTH)
+        except JsonTooDeep as exc:  # json.loads would recurse into a RecursionError
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", str(exc)) from None
         except (ValueError, UnicodeDecodeError):
             raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", "body is not valid JSON") from None
         if not isinstance(data, dict):

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from apikit import ApiClient
 from faultkit import DaemonProcess, write_daemon_config
 from waiting import wait_for
+
+from framebus.jsonbody import MAX_DEPTH
 
 CAMERA = {"url": "lavfi:testsrc2=size=320x240:rate=5,realtime", "idle_decode": "all"}
 MAX_HEAD = 16384  # http_server.Limits.max_head, documented as "431 above 16 KiB"
@@ -95,3 +98,25 @@ def test_numeric_query_values_are_ascii_digits_in_range(daemon: DaemonProcess) -
     with socket.create_connection((api.host, api.port), timeout=20) as sock:
         sock.sendall(live)
         assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+
+
+def test_deep_json_is_a_400_naming_the_limit(daemon: DaemonProcess) -> None:
+    api = daemon.api()
+    deep = [b"[" * 32000, b'{"a":' * 10000, b"[" * 32000 + b"]" * 32000,
+            b'{"name": ' + b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1) + b"}",
+            b'{"x": "' + b"[" * 40000 + b'", "y": ' + b"{" * 100]
+    for path in ("/v1/subscriptions", "/v1/cameras/cam/snapshot-to-fifo"):
+        for body in deep:
+            status, _, raw = api.request("POST", path, body,
+                                         {"Content-Type": "application/json"})
+            assert status == 400, (path, body[:40], status, raw[:200])
+            answer = json.loads(raw)
+            assert answer["error"] == "bad_json" and f"limit of {MAX_DEPTH}" in answer["detail"]
+    # brackets inside strings do not nest, and a body at the limit is decoded
+    status, body = api.json("POST", "/v1/subscriptions", {"name": "[[[[" * 100, "camera": "cam"})
+    assert (status, body["error"]) == (400, "bad_request") and body["detail"].startswith("name")
+    nested: Any = 1
+    for _ in range(MAX_DEPTH - 1):
+        nested = [nested]
+    status, body = api.json("POST", "/v1/subscriptions", {"name": nested, "camera": "cam"})
+    assert (status, body["error"]) == (400, "bad_request"), body
