@@ -16,9 +16,10 @@ Invariants:
 - Every wait has a deadline: a request head within ``head_timeout`` of the connection (or of
   the previous response: the keep-alive idle time), its body within ``body_timeout``, each
   response within ``write_timeout``. Past one, the connection is closed.
-- Memory per connection is bounded: a head by h11's ``max_incomplete_event_size``, a body by
-  ``max_body`` (checked against Content-Length before any byte is read, and while reading;
-  chunked bodies are refused with 411).
+- Memory per connection is bounded: a head by ``max_head`` (h11's
+  ``max_incomplete_event_size`` while it is incomplete, http_io.read_head once it is whole:
+  431 past it either way), a body by ``max_body`` (checked against Content-Length before any
+  byte is read, and while reading; chunked bodies are refused with 411).
 - A request the app answers from its head alone (``App.head``) has its body left unread and
   its connection closed after the answer: an unread body is never parsed as a next request.
 - A streamed answer (``Response.stream``) has no Content-Length: h11 frames it chunked for an
@@ -37,7 +38,6 @@ import itertools
 import json
 import logging
 import socket
-import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
@@ -45,6 +45,8 @@ from http import HTTPStatus
 from typing import Protocol
 
 import h11
+
+from framebus.http_io import Peer, Request, peer_of, read_body, read_head, request_of, until_eof
 
 log = logging.getLogger("framebus.http")
 
@@ -68,35 +70,6 @@ class Limits:
     max_head: int = 16384
     max_body: int = 65536
     backlog: int = 1024
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who is on the other end: ``transport`` is "tcp" or "unix"; ``uid``/``pid`` come from
-    SO_PEERCRED on a Unix socket (None over TCP)."""
-
-    transport: str
-    address: str
-    uid: int | None = None
-    pid: int | None = None
-
-
-@dataclass(frozen=True)
-class Request:
-    """A request head; header names are lower case."""
-
-    method: str
-    target: str
-    headers: dict[str, str]
-    peer: Peer
-    http_version: str = "1.1"
-
-    @property
-    def body_length(self) -> int | None:
-        """The declared Content-Length, 0 for none, None for a chunked body."""
-        if "transfer-encoding" in self.headers:
-            return None
-        return int(self.headers.get("content-length", "0"))
 
 
 class Stream(Protocol):
@@ -239,7 +212,7 @@ class HttpServer:
         connection = _Connection(task, writer)
         self.connections[key] = connection
         try:
-            await self._serve(reader, writer, connection, _peer(writer))
+            await self._serve(reader, writer, connection, peer_of(writer))
         except (_Closed, ConnectionError, asyncio.CancelledError):
             pass
         except TimeoutError:
@@ -258,14 +231,14 @@ class HttpServer:
             connection.idle, connection.idle_since = True, time.monotonic()
             try:
                 async with asyncio.timeout(limits.head_timeout):
-                    event = await _next_event(h11_connection, reader)
+                    event = await read_head(h11_connection, reader, limits.max_head)
             except h11.RemoteProtocolError as exc:
                 await self._send(writer, h11_connection, _protocol_error(exc))
                 return
             if not isinstance(event, h11.Request):  # the client closed between requests
                 return
             connection.idle = False
-            request = _request(event, peer)
+            request = request_of(event, peer)
             response, keep_alive = await self._respond(request, h11_connection, reader)
             if response.stream is not None:
                 await self._stream(reader, writer, h11_connection, response,
@@ -297,7 +270,7 @@ class HttpServer:
                                   f"request body over {self.limits.max_body} bytes"), False
         try:
             async with asyncio.timeout(self.limits.body_timeout):
-                body = await _read_body(connection, reader, self.limits.max_body)
+                body = await read_body(connection, reader, self.limits.max_body)
         except h11.RemoteProtocolError as exc:
             return _protocol_error(exc), False
         except TimeoutError:
@@ -362,7 +335,7 @@ class HttpServer:
             if head:
                 return
             pump = asyncio.ensure_future(self._pump(writer, connection, stream))
-            gone = asyncio.ensure_future(_until_eof(reader, self.limits.max_body))
+            gone = asyncio.ensure_future(until_eof(reader, self.limits.max_body))
             try:
                 await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -387,65 +360,12 @@ class HttpServer:
             await writer.drain()
 
 
-async def _until_eof(reader: asyncio.StreamReader, budget: int) -> None:
-    """Returns once the client has closed its side (or sent ``budget`` bytes nobody reads)."""
-    with contextlib.suppress(ConnectionError):
-        while budget > 0 and (chunk := await reader.read(65536)):
-            budget -= len(chunk)
-
-
-async def _next_event(connection: h11.Connection, reader: asyncio.StreamReader) -> object:
-    while True:
-        event = connection.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        data = await reader.read(65536)
-        if not data and connection.their_state is h11.IDLE:
-            return h11.ConnectionClosed()
-        connection.receive_data(data)
-
-
-async def _read_body(connection: h11.Connection, reader: asyncio.StreamReader,
-                     limit: int) -> bytes | None:
-    """The whole body, or None once it grows past ``limit`` (reading stops there)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        event = await _next_event(connection, reader)
-        if isinstance(event, h11.Data):
-            size += len(event.data)
-            if size > limit:
-                return None
-            chunks.append(bytes(event.data))
-        elif isinstance(event, h11.EndOfMessage):
-            return b"".join(chunks)
-        else:  # ConnectionClosed mid-body
-            raise _Closed()
-
-
-def _request(event: h11.Request, peer: Peer) -> Request:
-    headers: dict[str, str] = {}
-    for name, value in event.headers:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return Request(event.method.decode("ascii", "replace"),
-                   event.target.decode("latin-1"), headers, peer,
-                   event.http_version.decode("ascii", "replace"))
-
-
 def _protocol_error(exc: h11.RemoteProtocolError) -> Response:
     status = exc.error_status_hint
     phrase = {413: "head_too_large", 431: "head_too_large"}.get(status, "bad_request")
-    return error_response(status, phrase, f"malformed request: {exc}")
+    what = "request head too large" if phrase == "head_too_large" else "malformed request"
+    return error_response(status, phrase, f"{what}: {exc}")
 
 
-def _peer(writer: asyncio.StreamWriter) -> Peer:
-    sock: socket.socket | None = writer.get_extra_info("socket")
-    if sock is not None and sock.family == socket.AF_UNIX:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _gid = struct.unpack("3i", creds)
-        return Peer("unix", "unix", uid=uid, pid=pid)
-    address = writer.get_extra_info("peername")
-    return Peer("tcp", f"{address[0]}:{address[1]}" if address else "?")
-
+__all__ = ["App", "HttpServer", "Limits", "Peer", "Request", "Response", "Stream",
+           "error_response"]

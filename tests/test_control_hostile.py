@@ -100,6 +100,25 @@ def test_numeric_query_values_are_ascii_digits_in_range(daemon: DaemonProcess) -
         assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
 
 
+def test_heads_over_the_limit_are_431_however_they_arrive(daemon: DaemonProcess) -> None:
+    api = daemon.api()
+    for size in (MAX_HEAD + 1, 17 * 1024, 40 * 1024, 63 * 1024):
+        [(status, raw)] = exchange(api, head(api, "/v1/cameras", size))
+        assert (status, json.loads(raw)["error"]) == (431, "head_too_large"), (size, raw)
+    [(status, _)] = exchange(api, head(api, "/v1/cameras", MAX_HEAD))  # at the limit: served
+    assert status == 200
+    # kept alive and pipelined: the first is served, the big second one refused
+    answers = exchange(api, head(api, "/healthz") + head(api, "/v1/cameras", 20000), 2)
+    assert [status for status, _ in answers] == [200, 431]
+    # a POST whose big head brings its body along: refused from the head alone
+    body = b'{"name": "big", "camera": "cam"}'
+    post = head(api, "/v1/subscriptions", 30000, "POST")[:-2] + (
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+    [(status, _)] = exchange(api, post + body)
+    assert status == 431
+    assert api.json("GET", "/v1/subscriptions/big")[0] == 404
+
+
 def test_deep_json_is_a_400_naming_the_limit(daemon: DaemonProcess) -> None:
     api = daemon.api()
     deep = [b"[" * 32000, b'{"a":' * 10000, b"[" * 32000 + b"]" * 32000,
