@@ -34,6 +34,7 @@ from framebus.api import ApiError, Reply
 from framebus.api_handlers import Handlers
 from framebus.http_server import App, HttpServer, Limits, Peer, Request, Response, error_response
 from framebus.jsonbody import MAX_DEPTH, JsonTooDeep, loads_bounded
+from framebus.lograte import REQUEST_LINES, bound
 from framebus.metrics import OTHER, HttpRequestStats, build_registry, render
 from framebus.query import parse_query
 from framebus.view import DaemonView
@@ -256,6 +257,9 @@ class ControlPlane:
         self._unix_socket = http.unix_socket
         self._listen = http.listen
         self._thread = threading.Thread(target=self.loop.run_forever, name="http", daemon=True)
+        # what requests make these loggers write is bounded (lograte.py says why); the
+        # asyncio logger's lines on this loop are about client sockets too
+        bound("framebus.http", "framebus.control", "framebus.web", "asyncio")
 
     def start(self) -> None:
         """Bind (errors such as "address in use" raise here) and serve in the background."""
@@ -268,14 +272,20 @@ class ControlPlane:
         else:
             host, _, port = self._listen.rpartition(":")
             try:
-                bound = self.loop.run_until_complete(
+                address = self.loop.run_until_complete(
                     self.server.listen_tcp(host.strip("[]"), int(port)))
             except OSError as exc:
                 raise OSError(exc.errno, f"http.listen {self._listen}: {exc.strerror}") from None
-            self.address = f"{bound[0]}:{bound[1]}"
+            self.address = f"{address[0]}:{address[1]}"
+        self.loop.call_soon_threadsafe(self._report_suppressed)
         self._thread.start()
         log.info("http: listening on %s (at most %d connections)", self.address,
                  self.limits.max_connections)
+
+    def _report_suppressed(self) -> None:
+        """Every ``report_s``: say how many request log lines were suppressed, if any."""
+        REQUEST_LINES.report()
+        self.loop.call_later(REQUEST_LINES.report_s, self._report_suppressed)
 
     def stop(self) -> None:
         """Stop serving, close every connection and the socket."""
@@ -285,6 +295,7 @@ class ControlPlane:
             self._thread.join(5.0)
         self.loop.close()
         self.workers.shutdown(wait=False, cancel_futures=True)
+        REQUEST_LINES.report()
 
     @property
     def peer_stats(self) -> tuple[int, int, int, int]:

@@ -20,6 +20,7 @@ Invariants:
   ``max_incomplete_event_size`` while it is incomplete, http_io.read_head once it is whole:
   431 past it either way), a body by ``max_body`` (checked against Content-Length before any
   byte is read, and while reading; chunked bodies are refused with 411).
+- A client that resets or vanishes is normal: it ends its connection without a log line.
 - A request the app answers from its head alone (``App.head``) has its body left unread and
   its connection closed after the answer: an unread body is never parsed as a next request.
 - A streamed answer (``Response.stream``) has no Content-Length: h11 frames it chunked for an
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -55,6 +57,8 @@ LINGER_S = 1.0  # how long a refused body may keep arriving before the connectio
 CLOSE_WAIT_S = 2.0  # how long close() lets cancelled connections finish (a stream's clean-up)
 STREAM_SNDBUF = 65536  # a streamed answer's socket send buffer (the kernel doubles it)
 _REASONS = {int(status): status.phrase.encode() for status in HTTPStatus}
+# a client that reset or vanished (ConnectionError covers ECONNRESET, EPIPE and the like)
+_PEER_GONE = frozenset({errno.ENOTCONN, errno.ESHUTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
 Headers = list[tuple[str, str]]
 
@@ -213,10 +217,13 @@ class HttpServer:
         self.connections[key] = connection
         try:
             await self._serve(reader, writer, connection, peer_of(writer))
-        except (_Closed, ConnectionError, asyncio.CancelledError):
+        except (_Closed, asyncio.CancelledError):
             pass
         except TimeoutError:
             self.timed_out += 1
+        except OSError as exc:
+            if not _peer_gone(exc):
+                log.exception("http: connection failed")
         except Exception:  # a bug must not take the server down, nor leak the socket
             log.exception("http: connection failed")
         finally:
@@ -286,9 +293,14 @@ class HttpServer:
         """Closing with unread bytes in the socket makes the kernel send a RST, which can
         destroy the answer before the client reads it: half-close, then read and discard
         what is still coming for a bounded time and amount, as HTTP/1.1 section 9.6 asks."""
-        writer.write_eof()
+        try:
+            writer.write_eof()
+        except OSError as exc:  # the client reset already: nothing left to wait for
+            if _peer_gone(exc):
+                return
+            raise
         budget = 4 * self.limits.max_body
-        with contextlib.suppress(TimeoutError, ConnectionError):
+        with contextlib.suppress(OSError):  # the timeout, or the client resetting meanwhile
             async with asyncio.timeout(LINGER_S):
                 while budget > 0 and (chunk := await reader.read(65536)):
                     budget -= len(chunk)
@@ -365,6 +377,12 @@ def _protocol_error(exc: h11.RemoteProtocolError) -> Response:
     phrase = {413: "head_too_large", 431: "head_too_large"}.get(status, "bad_request")
     what = "request head too large" if phrase == "head_too_large" else "malformed request"
     return error_response(status, phrase, f"{what}: {exc}")
+
+
+def _peer_gone(exc: OSError) -> bool:
+    """A reset or vanished client: normal on the Internet, never worth a traceback (a peer
+    that resets during the linger makes shutdown() fail with ENOTCONN, no ConnectionError)."""
+    return isinstance(exc, ConnectionError) or exc.errno in _PEER_GONE
 
 
 __all__ = ["App", "HttpServer", "Limits", "Peer", "Request", "Response", "Stream",
