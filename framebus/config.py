@@ -30,24 +30,14 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from framebus.errors import ConfigError
+from framebus.urls import find_credentials
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-_SECRET_WORDS = ("pass", "pwd", "token", "secret", "auth", "key", "sig", "cred")
-
-
-def looks_secret(key: str) -> bool:
-    """A URL query key that may carry a credential (password=, pwd=, token=, api_key= ...)."""
-    lowered = key.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
-def query_keys(query: str) -> list[str]:
-    """The keys of a URL query string, in order (values never looked at)."""
-    return [part.split("=", 1)[0] for part in query.split("&") if part]
+# what a URL with credentials is told (README: Configuration and systemd)
+CREDENTIALS_GO_ELSEWHERE = ("give the camera username: and one of password_credential: (a "
+                            "systemd credential), password_file:, password_env: or password:")
 
 
 def parse_duration(value: object) -> float:
@@ -113,18 +103,21 @@ class CameraConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url_without_credentials(cls, url: str) -> str:
+        # never echo the URL or a part of it: the value may be the very secret refused
         parts = urlsplit(url)
         if parts.scheme in ("rtsp", "rtsps"):
+            found = find_credentials(url)
+            if found:
+                where = found[0]
+                what = ("credentials in the URL" if where.where == "userinfo"
+                        else f"credentials in the URL's {where.where} ({where.key}=...)")
+                raise ValueError(f"{what} are not allowed: {CREDENTIALS_GO_ELSEWHERE}")
             if not parts.hostname:
                 raise ValueError("expected rtsp://host[:port]/path")
-            if parts.username is not None or parts.password is not None:
-                raise ValueError("credentials in the URL are not allowed: use username and "
-                                 "password, password_file, password_env or password_credential")
-            secret_keys = [key for key in query_keys(parts.query) if looks_secret(key)]
-            if secret_keys:
-                raise ValueError(f"credentials in the URL's query ({secret_keys[0]}=...) are "
-                                 "not allowed: use username and password, password_file, "
-                                 "password_env or password_credential")
+            try:
+                parts.port  # noqa: B018  (raises on a port that is not a number)
+            except ValueError:
+                raise ValueError("expected rtsp://host[:port]/path, the port a number") from None
         elif parts.scheme not in ("", "file", "lavfi"):
             raise ValueError(f"expected an rtsp://, rtsps://, file path or lavfi: URL, "
                              f"got scheme {parts.scheme!r}")
