@@ -1,7 +1,8 @@
 """Logging set-up: plain stderr, or journald with structured fields when stderr is the journal.
 
-A redaction filter is the last line of defence for secrets: any ``scheme://user:pass@`` in a
-message loses its user information, whatever code produced it.
+A redaction filter is the last line of defence for secrets: any URL in a message loses its
+user information (``scheme://***@``) and the values of its other credentials (path and query,
+``password=REDACTED``: :func:`framebus.urls.find_credentials`), whatever code produced it.
 """
 
 from __future__ import annotations
@@ -11,12 +12,23 @@ import os
 import re
 import sys
 
-_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@")
+from framebus.urls import redact_url
+
+# a URL in free text: up to white space or a quote; closing brackets and punctuation at its
+# end are the sentence's ("[rtsp://h/x]", "rtsp://h/x.")
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_TRAILING = ")]},.;:"
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    url = match[0]
+    kept = url.rstrip(_TRAILING)
+    return redact_url(kept, userinfo="***@") + url[len(kept):]
 
 
 def redact(text: str) -> str:
-    """Remove user information from every URL in ``text``."""
-    return _USERINFO.sub(r"\1***@", text)
+    """Remove user information and credential values from every URL in ``text``."""
+    return _URL.sub(_redact_match, text)
 
 
 class RedactingFilter(logging.Filter):

@@ -132,11 +132,12 @@ def find_credentials(url: str) -> list[Credential]:
     return found
 
 
-def redact_url(url: str) -> str:
-    """The URL as every log line and API answer shows it: no userinfo, and the value of every
-    credential :func:`find_credentials` finds replaced by REDACTED."""
+def redact_url(url: str, userinfo: str = "") -> str:
+    """The URL as every log line and API answer shows it: the userinfo replaced by
+    ``userinfo`` (gone by default), and the value of every other credential
+    :func:`find_credentials` finds replaced by REDACTED."""
     for credential in reversed(find_credentials(url)):
-        replacement = "" if credential.where == "userinfo" else REDACTED
+        replacement = userinfo if credential.where == "userinfo" else REDACTED
         url = url[:credential.start] + replacement + url[credential.end:]
     return url
 

@@ -22,6 +22,7 @@ from rtspserver import Mount, RtspServer
 
 from framebus.config import parse_config
 from framebus.errors import ConfigError
+from framebus.logs import redact
 from framebus.urls import find_credentials, is_credential_key, redact_url
 
 S = "S3cr3t-9x"  # the secret in every refused URL of the table
@@ -134,6 +135,19 @@ def test_credential_keys(key: str, credential: bool) -> None:
 def test_file_paths_and_lavfi_graphs_are_not_urls_to_redact() -> None:
     for source in ("/srv/clips/pass=word.h264", "lavfi:testsrc2=size=320x240:rate=25"):
         assert find_credentials(source) == [] and redact_url(source) == source
+
+
+@pytest.mark.parametrize(("url", "refused", "shown"), [row[1:] for row in FORMATS if row[2]],
+                         ids=[row[0] for row in FORMATS if row[2]])
+def test_the_log_filter_redacts_every_url_in_any_message(url: str, refused: str,
+                                                         shown: str) -> None:
+    """The last line of defence: a URL from any code (FFmpeg's error text, a library) loses
+    its credentials in the log as it does in redact_url, userinfo marked ``***@``."""
+    message = redact(f"camera x: opening {url} failed ('{url}'), [{url}].")
+    expected = redact_url(url, userinfo="***@")
+    assert message == f"camera x: opening {expected} failed ('{expected}'), [{expected}].", \
+        message
+    assert S not in message and S[:4] not in message, message
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
