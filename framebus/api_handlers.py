@@ -66,8 +66,20 @@ MAX_SNAPSHOT_SIDE = 8192  # a request must not make the daemon convert gigabytes
 
 
 def _check_owner(path: Path, owner: int, peer: Peer) -> None:
-    """Over the Unix socket, a caller may only hand the daemon its own FIFOs (root any)."""
-    if peer.uid is not None and peer.uid not in (0, owner):
+    """A caller may only hand the daemon a FIFO it owns. Over the Unix socket the daemon
+    knows the caller's uid (SO_PEERCRED): its own FIFOs, and root any. Over TCP it only knows
+    that the caller has the token, which every member of the token file's group may read,
+    so it cannot tell one local user from another (nor does a FIFO's group or directory:
+    every consumer shares the daemon's group): only FIFOs of the daemon's own user."""
+    if peer.transport != "unix":
+        if owner != os.geteuid():
+            raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused",
+                           f"{path} belongs to uid {owner}: over TCP the daemon cannot tell "
+                           "who is asking, so it writes only into its own user's FIFOs; ask "
+                           "over the Unix socket (http.unix_socket; request_frame(unix_socket="
+                           "...), framebus snapshot --unix-socket), where it checks the FIFO "
+                           "is yours")
+    elif peer.uid not in (0, owner):
         raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused",
                        f"{path} belongs to uid {owner}, not to the caller (uid {peer.uid})")
 

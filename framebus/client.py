@@ -139,6 +139,11 @@ def request_frame(
     ``http.allowed_fifo_dirs``), opens it for reading without blocking, asks
     the daemon over HTTP to write the newest frame into it, reads that one message, and
     removes the FIFO. Raises FrameRequestError with the daemon's reason on refusal.
+
+    Give ``unix_socket`` (the daemon's ``http.unix_socket``, e.g.
+    /run/framebus/control.sock): there the daemon knows the calling user and writes into
+    that user's FIFO. Over TCP (``url`` and the token) it only writes into FIFOs of its own
+    user, since every holder of the token looks alike (403 ``fifo_refused`` otherwise).
     """
     directory = Path(fifo_dir or os.environ.get("FRAMEBUS_FIFO_DIR", DEFAULT_REQUEST_DIR))
     path = directory / f"request-{os.getpid()}-{secrets.token_hex(6)}.fifo"

@@ -218,7 +218,8 @@ class HttpConfig(_Strict):
 
     enabled: bool = True
     listen: str = "127.0.0.1:8470"  # host:port; port 0 picks a free one
-    unix_socket: Path | None = None  # serve on this Unix socket instead of TCP
+    # serve on this Unix socket: instead of TCP, or beside it when listen is given too
+    unix_socket: Path | None = None
     token: SecretStr | None = None  # bearer token required on every request, if set
     token_file: Path | None = None
     allowed_fifo_dirs: list[Path] = Field(default_factory=list)  # besides fifo_dir

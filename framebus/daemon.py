@@ -133,10 +133,18 @@ class Daemon:
 
     def _start(self) -> None:
         fd_limit = raise_fd_limit()
+        # wherever a killed daemon may have made segments: next to every FIFO it could have
+        # served, run-time subscriptions' (allowed_fifo_dirs) included
         directories = [self.config.fifo_dir, *(self.config.fifo_path(n).parent
-                                               for n in self.config.subscribers)]
-        for path in remove_stale(directories):  # a crashed daemon's, never a running one's
+                                               for n in self.config.subscribers),
+                       *self.config.http.allowed_fifo_dirs]
+        scan = remove_stale(directories)  # a crashed daemon's, never a running one's
+        for path in scan.removed:
             log.warning("removed stale shm segment %s", path)
+        for directory, entries in scan.skipped.items():  # one line per directory, however many
+            log.warning("shm: left %d entries at segment names alone in %s: %s (not this "
+                        "user's segments; never followed)", len(entries), directory,
+                        ", ".join(entries[:5]))
         self.fanout.start()
         self.reconcile(self.config, self.passwords)
         if self.subscriber_errors:  # at start a bad FIFO is a configuration error (exit 2);

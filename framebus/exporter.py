@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framebus.rendition import Payload, Rendition
-from framebus.shm import Segment, ShmError, ShmFrame, new_segment_path, segment_mode, slot_size_for
+from framebus.shm import Segment, ShmError, ShmFrame, make_segment, segment_mode, slot_size_for
 from framebus.slots import capacity
 
 RETRY_S = 1.0
@@ -165,8 +165,8 @@ class ShmExporter:
         if now < state._retry_at:
             return None
         try:
-            made = Segment(new_segment_path(key.directory), slot_size_for(payload.nbytes), slots,
-                           segment_mode(key.mode), key.group, next(self._token_blocks) << 40)
+            made = make_segment(key.directory, slot_size_for(payload.nbytes), slots,
+                                segment_mode(key.mode), key.group, next(self._token_blocks) << 40)
             made.geometry = geometry
         except ShmError as exc:
             state._retry_at = now + RETRY_S

@@ -17,7 +17,11 @@ Invariants:
   group); readers map it read-only. A retired segment is unlinked once none of its slots is
   pinned, so every message a reader may still read names a file that exists; mappings keep it
   alive after that. Segments of daemons no longer running are removed at start
-  (``remove_stale``).
+  (``remove_stale``), in every directory the daemon may have made them in; an entry at a
+  segment's name that is not such a segment (a directory, symlink, FIFO, another user's file,
+  another header) is left alone and reported, never followed, never a reason not to start.
+* Names are not predictable: ``fbshm-<pid>-<15 random digits>``, created ``O_EXCL |
+  O_NOFOLLOW`` with a few retries, so nobody can plant an entry at the name we will pick.
 * The writer clears a slot's token before copying and stamps it after, so a reader can tell a
   slot that was rewritten under it (which the hold rule forbids) from the frame it was sent.
 """
@@ -27,10 +31,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import grp
-import itertools
 import mmap
 import os
 import re
+import secrets
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -40,6 +44,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 
 from framebus.errors import FramebusError, ProtocolError
+from framebus.fifo import describe_kind
 from framebus.slots import SlotPool, SlotRef
 from framebus.wire import SHM_ALIGN, EncodedHeader, FrameHeader, ShmLocation
 
@@ -54,6 +59,8 @@ STAMP: Final = struct.Struct("<4sIQQQ")
 FIRST_SLOT: Final = 4096
 PAGE: Final = 4096
 _STALE = re.compile(r"fbshm-([0-9]{1,10})-[0-9]{1,20}")
+NAME_DIGITS: Final = 15  # the random part: PROTOCOL.md rule S4 allows 1..15 digits
+NAME_TRIES: Final = 5  # EEXIST at 15 random digits is someone planting, not chance
 
 
 class ShmError(FramebusError):
@@ -61,7 +68,7 @@ class ShmError(FramebusError):
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.reason = reason  # metric label: no_space, permission, error
+        self.reason = reason  # metric label: no_space, permission, error (exists: retried)
 
 
 def slot_size_for(nbytes: int) -> int:
@@ -127,6 +134,8 @@ def _create(path: Path, size: int, mode: int, group: str | None) -> mmap.mmap:
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o600)
+    except FileExistsError:  # O_EXCL: whatever is there (a symlink too) is never touched
+        raise ShmError("exists", f"{path}: something is already there") from None
     except OSError as exc:
         raise ShmError("permission" if exc.errno in (errno.EACCES, errno.EPERM) else "error",
                        f"{path}: cannot create the shm segment: {exc.strerror}") from None
@@ -145,9 +154,23 @@ def _create(path: Path, size: int, mode: int, group: str | None) -> mmap.mmap:
         os.close(fd)
 
 
-def remove_stale(directories: list[Path]) -> list[Path]:
-    """Remove segments whose daemon is no longer running (left by a crash or SIGKILL)."""
-    removed = []
+@dataclass
+class StaleScan:
+    """What ``remove_stale`` did: the dead daemons' segments it removed and, per directory,
+    the entries at a segment's name it left alone and why."""
+
+    removed: list[Path] = field(default_factory=list)
+    skipped: dict[Path, list[str]] = field(default_factory=dict)
+
+
+def remove_stale(directories: list[Path]) -> StaleScan:
+    """Remove segments whose daemon is no longer running (left by a crash or SIGKILL).
+
+    Only our own regular files with a segment header naming the same dead pid as the name are
+    removed. Anything else at such a name (a directory, symlink, FIFO, another user's file)
+    may be someone's planting in a shared directory: it is skipped, never opened if it is not
+    a regular file, never followed, and never an error."""
+    scan = StaleScan()
     for directory in dict.fromkeys(directories):
         try:
             entries = list(directory.iterdir())
@@ -157,10 +180,42 @@ def remove_stale(directories: list[Path]) -> list[Path]:
             match = _STALE.fullmatch(entry.name)
             if match is None or _running(int(match[1])):
                 continue
+            why = _not_ours(entry, int(match[1]))
+            if why:
+                scan.skipped.setdefault(directory, []).append(f"{entry.name} ({why})")
+                continue
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
-                removed.append(entry)
-    return removed
+                scan.removed.append(entry)
+    return scan
+
+
+def _not_ours(entry: Path, pid: int) -> str:
+    """'' if ``entry`` is a segment this user's daemon ``pid`` made, else what it is."""
+    try:
+        before = os.lstat(entry)
+        if not stat.S_ISREG(before.st_mode):  # symlinks, FIFOs, devices: never opened
+            return describe_kind(before.st_mode)
+        if before.st_uid != os.geteuid():
+            return f"owned by uid {before.st_uid}"
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc.strerror or "cannot open"
+    try:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
+            return "replaced while looked at"
+        header = os.pread(fd, SEGMENT_HEADER.size, 0)
+    except OSError as exc:
+        return exc.strerror or "cannot read"
+    finally:
+        os.close(fd)
+    if len(header) < SEGMENT_HEADER.size:
+        return "not a segment"
+    magic, version, *_, made_by = SEGMENT_HEADER.unpack(header)
+    if (magic, version, made_by) != (SEGMENT_MAGIC, SEGMENT_VERSION, pid):
+        return "not a segment of that daemon"
+    return ""
 
 
 def _running(pid: int) -> bool:
@@ -175,12 +230,25 @@ def _running(pid: int) -> bool:
     return True
 
 
-_names = itertools.count(1)
-
-
 def new_segment_path(directory: Path) -> Path:
-    """A name no other segment of this process had."""
-    return directory / f"fbshm-{os.getpid()}-{next(_names)}"
+    """A name nobody can guess: another user who may write the directory cannot plant
+    anything at it beforehand (PROTOCOL.md rule S4's pattern, the second number random)."""
+    return directory / f"fbshm-{os.getpid()}-{secrets.randbelow(10**NAME_DIGITS):0{NAME_DIGITS}d}"
+
+
+def make_segment(directory: Path, slot_size: int, slot_count: int, mode: int,
+                 group: str | None, first_token: int) -> Segment:
+    """A new segment in ``directory`` at a fresh random name, retried a few times if an entry
+    is already there (then ShmError, reason "error")."""
+    for _ in range(NAME_TRIES):
+        try:
+            return Segment(new_segment_path(directory), slot_size, slot_count, mode, group,
+                           first_token)
+        except ShmError as exc:
+            if exc.reason != "exists":
+                raise
+    raise ShmError("error", f"{directory}: {NAME_TRIES} random shm segment names were all "
+                   "taken (is someone planting entries there?)")
 
 
 @dataclass(slots=True)

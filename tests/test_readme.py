@@ -34,7 +34,9 @@ def daemon(rtsp_server_factory: RtspServerFactory, tmp_path: Path) -> Iterator[D
                         {"detector": {"camera": "front", "format": "bgr24"},
                          "recorder": {"camera": "front", "format": "gray", "width": 320}},
                         tmp_path / "fifos",
-                        http={"listen": "127.0.0.1:0", "allowed_fifo_dirs": [str(requests)]}
+                        # as config/framebus.yaml: TCP and, beside it, the control socket
+                        http={"listen": "127.0.0.1:0", "allowed_fifo_dirs": [str(requests)],
+                              "unix_socket": str(tmp_path / "fifos" / "control.sock")}
                         ) as running:
         wait_for(lambda: running.store.latest("front") is not None, 20, "a first frame")
         yield running
