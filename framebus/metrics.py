@@ -10,6 +10,10 @@ Every series whose label values are known in advance exists from the first scrap
 camera has every reconnect reason, each subscriber every drop reason (and, on shm, every shm
 failure reason), each HTTP route its duration histogram. ``rate()`` and ``increase()`` then
 see the first increment instead of a series appearing already at 1.
+
+A subscriber's series are bounded whatever the number of cameras it reads: per camera up to
+``PER_CAMERA_MAX`` cameras, beyond that one series summed over them, ``camera="*"``. The
+scrape itself runs off the event loop (scrape.py).
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ SHM_FAILURE_REASONS = ("no_space", "permission", "error", "no_free_slot")
 HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 OTHER = "other"  # the route of a path no endpoint has, the method of an unknown method
+# A subscriber of more cameras than this has its series summed over them, camera="*": with
+# 300 cameras and 64 subscriptions of "*", per-camera series made /metrics 16 MB
+PER_CAMERA_MAX = 8
+ALL_CAMERAS = "*"
 
 
 def ffmpeg_version() -> str:
@@ -63,8 +71,10 @@ def ffmpeg_version() -> str:
 
 
 class HttpRequestStats:
-    """Requests the API answered, as plain counters. The event loop thread increments them
-    and, serving /metrics on that same thread, reads them: no lock.
+    """Requests the API answered, as plain counters. The event loop thread increments them;
+    the /metrics thread (scrape.py) reads them with single C-level copies (``list()`` of a
+    dict or list holds the GIL throughout), so no lock and never "changed size during
+    iteration".
 
     ``route`` is an endpoint's path template (``/v1/cameras/{name}``), never the raw path, and
     ``other`` for a path no endpoint has; a method outside HTTP's usual ones counts as
@@ -148,7 +158,7 @@ class FramebusCollector(Collector):
         requests = CounterMetricFamily("framebus_http_requests",
                                        "HTTP requests answered, by route template, method and "
                                        "status", labels=["route", "method", "status"])
-        for (route, method, status), count in sorted(stats.requests.items()):
+        for (route, method, status), count in sorted(list(stats.requests.items())):
             requests.add_metric([route, method, str(status)], count)
         yield requests
         durations = HistogramMetricFamily("framebus_http_request_duration_seconds",
@@ -156,7 +166,7 @@ class FramebusCollector(Collector):
                                           labels=["route"])
         for route in stats.routes:
             cumulative, buckets = 0, []
-            for bound, count in zip([*HTTP_BUCKETS_S, float("inf")], stats.durations[route],
+            for bound, count in zip([*HTTP_BUCKETS_S, float("inf")], list(stats.durations[route]),
                                     strict=True):
                 cumulative += count
                 buckets.append((_bound(bound), cumulative))
@@ -251,12 +261,15 @@ class FramebusCollector(Collector):
                                        labels=[*labels, "reason"])
         exporter = self.daemon.fanout.exporter
         for name, sub in list(self.daemon.fanout.subscribers.items()):
-            # frame counts per camera (a multi-camera FIFO has one series each); what belongs
-            # to the FIFO itself is labelled with its cameras joined: "a,b"
-            key = [name, ",".join(sub.spec.all_cameras)]
-            per_camera = sub.outbox.stream_stats
-            for camera in sub.spec.all_cameras:
-                stats = per_camera.get(camera) or OutboxStats()
+            cameras = sub.spec.all_cameras
+            # frame counts per camera (a multi-camera FIFO has one series each), up to
+            # PER_CAMERA_MAX cameras: beyond, one series summed over them, camera="*", so a
+            # subscriber costs a bounded number of series however many cameras it reads;
+            # what belongs to the FIFO itself is labelled with its cameras joined ("a,b"), or
+            # "*" beyond PER_CAMERA_MAX (a label of 300 names would be kilobytes a series)
+            each = len(cameras) <= PER_CAMERA_MAX
+            key = [name, ",".join(cameras) if each else ALL_CAMERAS]
+            for camera, stats in _streams(sub.outbox.stream_stats, cameras, each):
                 offered.add_metric([name, camera], stats.offered)
                 sent.add_metric([name, camera], stats.sent)
                 drops = dict(stats.dropped)
@@ -271,18 +284,44 @@ class FramebusCollector(Collector):
                 buckets.append((_bound(bound), cumulative))
             latency.add_metric(key, buckets, sub.latency.sum_s)
             info.add_metric([*key, sub.spec.transport], 1)
+            if not sub.shm_keys:
+                continue
             pins = sub.pinned_by_camera()
+            shm: dict[str, tuple[int, int, Counter[str]]] = {}
             for camera, shm_key in sub.shm_keys.items():  # per segment: per camera
                 state = exporter.state(shm_key)
                 segment = state.segment if state is not None else None
-                pinned.add_metric([name, camera], pins[camera])
-                segment_bytes.add_metric([name, camera],
-                                         segment.size if segment is not None else 0)
+                shm[camera] = (pins[camera], segment.size if segment is not None else 0,
+                               Counter(state.failures) if state is not None else Counter())
+            if not each:  # summed: slots pinned in all, bytes of all, failures of all
+                shm = {ALL_CAMERAS: (sum(v[0] for v in shm.values()),
+                                     sum(v[1] for v in shm.values()),
+                                     sum((v[2] for v in shm.values()), Counter()))}
+            for camera, (pinned_now, size, failed) in shm.items():
+                pinned.add_metric([name, camera], pinned_now)
+                segment_bytes.add_metric([name, camera], size)
                 for reason in SHM_FAILURE_REASONS:
-                    count = state.failures[reason] if state is not None else 0
-                    failures.add_metric([name, camera, reason], count)
+                    failures.add_metric([name, camera, reason], failed[reason])
         yield from (offered, sent, dropped, sent_bytes, connected, disconnects, latency, info,
                     pinned, segment_bytes, failures)
+
+
+def _streams(stats: dict[str, OutboxStats], cameras: tuple[str, ...], each: bool
+             ) -> Iterator[tuple[str, OutboxStats]]:
+    """A subscriber's frame counts: per camera, or summed over its cameras as ``*``."""
+    if each:
+        for camera in cameras:
+            yield camera, stats.get(camera) or OutboxStats()
+        return
+    total = OutboxStats()
+    for camera in cameras:
+        one = stats.get(camera)
+        if one is not None:
+            total.offered += one.offered
+            total.sent += one.sent
+            total.bytes_sent += one.bytes_sent
+            total.dropped.update(dict(one.dropped))
+    yield ALL_CAMERAS, total
 
 
 def _bound(value: float) -> str:
