@@ -6,9 +6,10 @@ API is described in docs/openapi.yaml.
 
 What is checked from a request's head alone, before any body byte is read, in this order:
 the Host (421), the route and method (404/405), the access rules of access.py (401/403),
-and for a body its Content-Type (415). Cheap endpoints (status, subscriptions, /metrics) run
-on the event loop; the ones that wait for frames or convert them (snapshots, frame requests)
-run on a pool of ``http.workers`` threads, and beyond it answer 503 with Retry-After.
+and for a body its Content-Type (415). Cheap endpoints (status, subscriptions) run on the
+event loop, /metrics on a thread of its own (scrape.py); the ones that wait for frames or
+convert them (snapshots, frame requests) run on a pool of ``http.workers`` threads, and beyond
+it answer 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,6 +38,7 @@ from framebus.jsonbody import MAX_DEPTH, JsonTooDeep, loads_bounded
 from framebus.lograte import REQUEST_LINES, bound
 from framebus.metrics import OTHER, HttpRequestStats, build_registry, render
 from framebus.query import parse_query
+from framebus.scrape import SharedRender
 from framebus.view import DaemonView
 from framebus.web import Web
 
@@ -52,7 +54,7 @@ class Route:
 
     method: str
     pattern: re.Pattern[str]
-    func: Callable[..., Reply | Response]
+    func: Callable[..., Reply | Response | Awaitable[Reply]]
     open: bool = False
     pooled: bool = False
     web: bool = False
@@ -68,6 +70,11 @@ def _answer(reply: Reply | Response) -> Response:
         return reply
     status, headers, body = reply
     return Response(int(status), list(headers.items()), body)
+
+
+async def _settled(reply: Reply | Response | Awaitable[Reply]) -> Response:
+    """The answer of an endpoint, awaited if it is a coroutine (/metrics)."""
+    return _answer(await reply if isinstance(reply, Awaitable) else reply)
 
 
 def _refusal(exc: ApiError) -> Response:
@@ -106,6 +113,7 @@ class Api(App):
         ]
         self.requests = HttpRequestStats(route.template for route in self.routes)
         self.registry = build_registry(view, http_stats, self.requests)
+        self.scrapes = SharedRender(lambda: render(self.registry))  # off the loop, shared
 
     # -- from the head alone ------------------------------------------------------------------
 
@@ -197,7 +205,7 @@ class Api(App):
             route, args = self._route(request)
             call = self._bind(route, request, body, args)
             if not route.pooled:
-                return _answer(call())
+                return await _settled(call())  # /metrics awaits its render, off this loop
             if self.busy_workers >= self.worker_count:
                 raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "busy",
                                f"all {self.worker_count} workers are converting or waiting "
@@ -207,7 +215,7 @@ class Api(App):
                 reply = await asyncio.get_running_loop().run_in_executor(self.workers, call)
             finally:
                 self.busy_workers -= 1
-            return _answer(reply)
+            return await _settled(reply)
         except ApiError as exc:
             return _refusal(exc)
         except Exception:  # a bug must not become a traceback on the wire
@@ -215,7 +223,7 @@ class Api(App):
             return error_response(500, "internal", "internal error (logged)")
 
     def _bind(self, route: Route, request: Request, body: bytes, args: dict[str, str]
-              ) -> Callable[[], Reply | Response]:
+              ) -> Callable[[], Reply | Response | Awaitable[Reply]]:
         if route.web:
             return lambda: route.func(request, **args)
         if request.method == "POST":
@@ -236,13 +244,15 @@ class Api(App):
             raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", "body must be a JSON object")
         return data
 
-    def _metrics(self, _query: dict[str, str]) -> Reply:
+    async def _metrics(self, _query: dict[str, str]) -> Reply:
+        # rendered on a thread of its own and shared by concurrent scrapes (scrape.py says
+        # why): scrapers in a loop must not hold up /healthz and the API on this loop
         return (HTTPStatus.OK, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-                render(self.registry))
+                await self.scrapes.get())
 
 
 class ControlPlane:
-    """Owns the HTTP thread: one event loop serving the API on TCP, a Unix socket or both."""
+    """Owns the HTTP thread: one event loop serving the API on TCP or a Unix socket."""
 
     def __init__(self, view: DaemonView, token: SecretStr, max_connections: int) -> None:
         http = view.config.http
@@ -253,44 +263,33 @@ class ControlPlane:
                              write_timeout=http.write_timeout, max_body=http.max_body_bytes)
         self.server = HttpServer(self.api, self.limits)
         self.loop = asyncio.new_event_loop()
-        self.address = ""  # the TCP address, or the Unix socket's path when that alone
-        self.unix_address = ""
+        self.address = ""
         self._unix_socket = http.unix_socket
         self._listen = http.listen
-        self._also_tcp = "listen" in http.model_fields_set  # given beside unix_socket
         self._thread = threading.Thread(target=self.loop.run_forever, name="http", daemon=True)
         # what requests make these loggers write is bounded (lograte.py says why); the
         # asyncio logger's lines on this loop are about client sockets too
         bound("framebus.http", "framebus.control", "framebus.web", "asyncio")
 
     def start(self) -> None:
-        """Bind (errors such as "address in use" raise here) and serve in the background:
-        on ``http.unix_socket`` if set, on ``http.listen`` if no socket is set or it is
-        given too (both: TCP for browsers and scrapers, the socket for frame requests into
-        the caller's own FIFOs, which need the caller's uid)."""
-        places = []
+        """Bind (errors such as "address in use" raise here) and serve in the background."""
         if self._unix_socket is not None:
             path = self._unix_socket
             path.unlink(missing_ok=True)
             self.loop.run_until_complete(self.server.listen_unix(str(path)))
             os.chmod(path, 0o660)  # the owner and its group may connect, whatever the umask
-            self.address = self.unix_address = str(path)
-            places.append(str(path))
-        if self._unix_socket is None or self._also_tcp:
+            self.address = str(path)
+        else:
             host, _, port = self._listen.rpartition(":")
             try:
                 address = self.loop.run_until_complete(
                     self.server.listen_tcp(host.strip("[]"), int(port)))
             except OSError as exc:
-                self.loop.run_until_complete(self.server.close())  # the socket, if bound
                 raise OSError(exc.errno, f"http.listen {self._listen}: {exc.strerror}") from None
             self.address = f"{address[0]}:{address[1]}"
-            places.insert(0, self.address)
         self.loop.call_soon_threadsafe(self._report_suppressed)
         self._thread.start()
-        # the first word after "listening on" is the address clients read from the log
-        log.info("http: listening on %s (at most %d connections)",
-                 " and on the Unix socket ".join(places),
+        log.info("http: listening on %s (at most %d connections)", self.address,
                  self.limits.max_connections)
 
     def _report_suppressed(self) -> None:
@@ -306,6 +305,7 @@ class ControlPlane:
             self._thread.join(5.0)
         self.loop.close()
         self.workers.shutdown(wait=False, cancel_futures=True)
+        self.api.scrapes.close()
         REQUEST_LINES.report()
 
     @property
