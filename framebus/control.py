@@ -252,7 +252,7 @@ class Api(App):
 
 
 class ControlPlane:
-    """Owns the HTTP thread: one event loop serving the API on TCP or a Unix socket."""
+    """Owns the HTTP thread: one event loop serving the API on TCP, a Unix socket or both."""
 
     def __init__(self, view: DaemonView, token: SecretStr, max_connections: int) -> None:
         http = view.config.http
@@ -263,33 +263,44 @@ class ControlPlane:
                              write_timeout=http.write_timeout, max_body=http.max_body_bytes)
         self.server = HttpServer(self.api, self.limits)
         self.loop = asyncio.new_event_loop()
-        self.address = ""
+        self.address = ""  # the TCP address, or the Unix socket's path when that alone
+        self.unix_address = ""
         self._unix_socket = http.unix_socket
         self._listen = http.listen
+        self._also_tcp = "listen" in http.model_fields_set  # given beside unix_socket
         self._thread = threading.Thread(target=self.loop.run_forever, name="http", daemon=True)
         # what requests make these loggers write is bounded (lograte.py says why); the
         # asyncio logger's lines on this loop are about client sockets too
         bound("framebus.http", "framebus.control", "framebus.web", "asyncio")
 
     def start(self) -> None:
-        """Bind (errors such as "address in use" raise here) and serve in the background."""
+        """Bind (errors such as "address in use" raise here) and serve in the background:
+        on ``http.unix_socket`` if set, on ``http.listen`` if no socket is set or it is
+        given too (both: TCP for browsers and scrapers, the socket for frame requests into
+        the caller's own FIFOs, which need the caller's uid)."""
+        places = []
         if self._unix_socket is not None:
             path = self._unix_socket
             path.unlink(missing_ok=True)
             self.loop.run_until_complete(self.server.listen_unix(str(path)))
             os.chmod(path, 0o660)  # the owner and its group may connect, whatever the umask
-            self.address = str(path)
-        else:
+            self.address = self.unix_address = str(path)
+            places.append(str(path))
+        if self._unix_socket is None or self._also_tcp:
             host, _, port = self._listen.rpartition(":")
             try:
                 address = self.loop.run_until_complete(
                     self.server.listen_tcp(host.strip("[]"), int(port)))
             except OSError as exc:
+                self.loop.run_until_complete(self.server.close())  # the socket, if bound
                 raise OSError(exc.errno, f"http.listen {self._listen}: {exc.strerror}") from None
             self.address = f"{address[0]}:{address[1]}"
+            places.insert(0, self.address)
         self.loop.call_soon_threadsafe(self._report_suppressed)
         self._thread.start()
-        log.info("http: listening on %s (at most %d connections)", self.address,
+        # the first word after "listening on" is the address clients read from the log
+        log.info("http: listening on %s (at most %d connections)",
+                 " and on the Unix socket ".join(places),
                  self.limits.max_connections)
 
     def _report_suppressed(self) -> None:
