@@ -241,6 +241,7 @@ class HttpServer:
                     event = await read_head(h11_connection, reader, limits.max_head)
             except h11.RemoteProtocolError as exc:
                 await self._send(writer, h11_connection, _protocol_error(exc))
+                await self._linger(reader, writer)  # e.g. the rest of a head too large
                 return
             if not isinstance(event, h11.Request):  # the client closed between requests
                 return
