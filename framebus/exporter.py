@@ -12,12 +12,24 @@ imports it (tests/test_layers.py).
 
 Invariants:
 
-* One segment per key at a time, sized ``capacity(n)`` slots for its ``n`` subscribers; a
-  change of frame geometry (size, format, layout) or more subscribers than it was made for
-  makes a new segment. The old one is retired: no new frames, and its file is unlinked once
-  none of its slots is pinned (a reader may still have a message naming it unread).
-* A key whose segment cannot be made records the error (``status``) and retries at most once a
-  second; its subscribers get no frames meanwhile, every other key and subscriber carries on.
+* One segment per key at a time, made with ``room`` seats: the most live subscribers the key
+  has had, rounded up to a power of two, ``capacity(room) = 3 * room + 2`` slots. A change of
+  frame geometry (size, format, layout) or more live subscribers than ``room`` makes a new
+  segment; the old one is retired: no new frames, and its file is unlinked once none of its
+  slots is pinned (a reader may still have a message naming it unread).
+* The memory bound holds with readers that never read (PROTOCOL.md section 12): a stuck
+  reader pins the segment it was sent, but rooms only double, so the segments a key's stuck
+  readers can keep (one of each room, 1, 2, 4 ... ``room``) add up to less than twice the
+  newest one plus 2 slots per doubling, however subscribers come and go.
+* Each subscriber has a ``Seat`` per key; seats are served (``admitted``) in the order they
+  came, the first ``room`` of them, so a subscriber once served stays served. A join whose
+  bigger segment cannot be made (a full tmpfs) leaves everyone served as before: only the
+  seats past ``room`` wait, with the error, and the key retries at most once a second.
+* A removed subscriber's seat counts until its pins are released (``leave``, then
+  ``vacate``): pins parked for a reader's last frame never share a segment's room with a
+  joiner, so ``capacity(room)`` always leaves a free slot.
+* A key whose segment cannot be made at all records the error (``status``) and retries at
+  most once a second; its subscribers get no frames meanwhile, every other key carries on.
 """
 
 from __future__ import annotations
@@ -32,9 +44,11 @@ from pathlib import Path
 
 from framebus.rendition import Payload, Rendition
 from framebus.shm import Segment, ShmError, ShmFrame, make_segment, segment_mode, slot_size_for
-from framebus.slots import capacity
+from framebus.slots import capacity, seats_for
 
 RETRY_S = 1.0
+WAITING = ("waiting for room in the shm segment (a subscriber that left frees its seat "
+           "within 2 s)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +71,41 @@ class ShmKey:
         return self._hash
 
 
+class Seat:
+    """One subscriber's place at one key (a multi-camera subscriber has one per camera)."""
+
+    __slots__ = ("admitted", "key", "leaving")
+
+    def __init__(self, key: ShmKey) -> None:
+        self.key = key  # the exporter's own key object: per-frame lookups match by identity
+        self.admitted = False  # among the first ``room`` seats: sent frames from the segment
+        self.leaving = False  # removed; its place counts until its pins are released
+
+
 @dataclass
 class ExportState:
-    """One key's segment, subscriber count and failures (read by metrics and the API)."""
+    """One key's segment, seats and failures (read by metrics and the API)."""
 
-    subscribers: int = 0
     segment: Segment | None = None
-    error: str = ""
+    room: int = 0  # seats the segment was made for: it never shrinks while the key lives
+    seats: list[Seat] = field(default_factory=list)  # in the order they came
+    error: str = ""  # why the key has no usable segment: every subscriber of it waits
+    waiting: str = ""  # why a bigger segment could not be made: only seats past room wait
     failures: Counter[str] = field(default_factory=Counter)
     exported: int = 0
     segments_made: int = 0
     _retry_at: float = 0.0
+
+    @property
+    def subscribers(self) -> int:
+        """Live subscribers (not leaving): what the segment is sized for."""
+        return sum(not seat.leaving for seat in self.seats)
+
+    def admit(self) -> None:
+        """The first ``room`` seats are served. Seats only move forward and room only grows,
+        so a seat once admitted stays admitted."""
+        for index, seat in enumerate(self.seats):
+            seat.admitted = index < self.room
 
 
 class ShmExporter:
@@ -80,31 +118,50 @@ class ShmExporter:
         self._token_blocks = itertools.count(1)
         self._retired: list[Segment] = []  # unlinked once no slot of theirs is pinned
 
-    def want(self, key: ShmKey) -> ShmKey:
-        """One more subscriber of ``key``; returns the key object the exporter keeps for it
-        (equal to ``key``), which its subscribers use so lookups match by identity."""
+    def want(self, key: ShmKey) -> Seat:
+        """One more subscriber of ``key``: its seat, last in line."""
         with self._lock:
             states = dict(self._keys.get(key.camera, {}))
             kept = next((k for k in states if k == key), key)
             state = states.setdefault(kept, ExportState())
-            state.subscribers += 1
+            seat = Seat(kept)
+            state.seats.append(seat)
+            state.admit()
             self._keys[key.camera] = states
-            return kept
+            return seat
 
-    def unwant(self, key: ShmKey) -> None:
-        """One subscriber fewer; the last one retires the segment."""
+    def leave(self, seat: Seat) -> None:
+        """The subscriber was removed: the segment is no longer sized for it, but its place
+        stays taken until ``vacate`` (its pins may still be parked)."""
+        seat.leaving = True
+
+    def vacate(self, seat: Seat) -> None:
+        """The seat's pins are all released: the seats behind it move up; the last one
+        retires the segment."""
+        seat.leaving = True
         with self._lock:
-            states = dict(self._keys.get(key.camera, {}))
-            state = states.get(key)
-            if state is None:
+            states = dict(self._keys.get(seat.key.camera, {}))
+            state = states.get(seat.key)
+            if state is None or seat not in state.seats:
                 return
-            state.subscribers -= 1
-            if state.subscribers <= 0:
-                del states[key]
+            state.seats.remove(seat)
+            seat.admitted = False
+            if not state.seats:
+                del states[seat.key]
                 if state.segment is not None:
                     self._retire(state.segment)
-            self._keys[key.camera] = states
+            state.admit()
+            self._keys[seat.key.camera] = states
         self._reap()
+
+    def error(self, seat: Seat) -> str:
+        """Why this seat gets no frames ("" while it does)."""
+        state = self.state(seat.key)
+        if state is None:
+            return ""
+        if state.error:
+            return state.error
+        return "" if seat.admitted else state.waiting or WAITING
 
     def state(self, key: ShmKey) -> ExportState | None:
         """The key's current state (None once nobody wants it)."""
@@ -122,13 +179,13 @@ class ShmExporter:
         copies: dict[ShmKey, ShmFrame] = {}
         for key, state in list(self._keys.get(camera, {}).items()):
             payload = renditions.get(key.rendition)
-            if payload is None or state.subscribers <= 0:
+            if payload is None or state.subscribers <= 0:  # only leaving seats: no new frames
                 continue
             segment = self._segment_for(key, state, payload)
             if segment is None:
                 continue
             ref = segment.pool.claim()
-            if ref is None:  # cannot happen while capacity() holds; counted if it does
+            if ref is None:  # cannot happen while room holds; counted if it does
                 state.failures["no_free_slot"] += 1
                 continue
             location = segment.write(ref, seq, payload)
@@ -157,29 +214,35 @@ class ShmExporter:
 
     def _segment_for(self, key: ShmKey, state: ExportState, payload: Payload) -> Segment | None:
         segment = state.segment
-        slots = capacity(state.subscribers)
         geometry = (payload.format, payload.width, payload.height, payload.nbytes)
-        if segment is not None and segment.geometry == geometry and segment.pool.count >= slots:
+        fits = segment is not None and segment.geometry == geometry
+        if fits and state.room >= state.subscribers:
             return segment
         now = time.monotonic()
         if now < state._retry_at:
-            return None
+            return segment if fits else None
+        # rooms double: a key's segments, stuck readers' included, stay under twice the newest
+        room = max(state.room, seats_for(state.subscribers))
         try:
-            made = make_segment(key.directory, slot_size_for(payload.nbytes), slots,
+            made = make_segment(key.directory, slot_size_for(payload.nbytes), capacity(room),
                                 segment_mode(key.mode), key.group, next(self._token_blocks) << 40)
             made.geometry = geometry
         except ShmError as exc:
             state._retry_at = now + RETRY_S
             state.failures[exc.reason] += 1
+            if fits:  # a join: who is served carries on from the old segment, joiners wait
+                state.waiting = str(exc)
+                return segment
             state.error = str(exc)
             return None
         with self._lock:
             if segment is not None:
                 self._retire(segment)
-            if state.subscribers <= 0:  # the last subscriber left while we made it
+            if not state.seats:  # the last subscriber left while we made it
                 made.unlink()
                 return None
-            state.segment, state.error = made, ""
+            state.segment, state.room, state.error, state.waiting = made, room, "", ""
+            state.admit()
             state.segments_made += 1
         return made
 

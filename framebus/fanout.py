@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from framebus.errors import FifoError
-from framebus.exporter import ShmExporter
+from framebus.exporter import Seat, ShmExporter
 from framebus.fifo import FifoMissing, ensure_fifo, open_writer, set_pipe_size, unread_bytes
 from framebus.sending import (
     LATENCY_BUCKETS_S,
@@ -49,7 +49,6 @@ from framebus.sending import (
     StateSending,
     Subscriber,
     SubscriberSpec,
-    Token,
     fifo_outgoing,
     release,
     shm_outgoing,
@@ -89,7 +88,8 @@ class FanoutLoop:
         self._commands: deque[Callable[[], None]] = deque()
         self._stopping = False
         self._drain_deadline_ns = 0
-        self._parked: list[tuple[int, Token]] = []  # (release at, pin) after we closed
+        # (release at, what to do) after we closed: drop a pin, then vacate the seats
+        self._parked: list[tuple[int, Callable[[], None]]] = []
         if store.exporter is None:
             store.exporter = ShmExporter()
         self.exporter: ShmExporter = store.exporter
@@ -125,8 +125,8 @@ class FanoutLoop:
             self.store.want(camera, spec.rendition)
         sub = Subscriber(spec)
         for camera, key in sub.shm_keys.items():  # shm: one segment per camera
-            # the exporter's own key object: per-frame lookups then match by identity
-            sub.shm_keys[camera] = self.exporter.want(key)
+            seat = sub.shm_seats[camera] = self.exporter.want(key)
+            sub.shm_keys[camera] = seat.key  # the exporter's own: lookups match by identity
         self.call(functools.partial(self._add, sub))
 
     def remove(self, name: str) -> None:
@@ -250,16 +250,16 @@ class FanoutLoop:
         last = sub.last_offered.get(frame.camera, 0)
         if frame.seq <= last:
             return
-        key = sub.shm_keys.get(frame.camera)  # the segment of this camera's frames
-        if key is None:
+        seat = sub.shm_seats.get(frame.camera)  # the segment of this camera's frames
+        if seat is None:
             outgoing = fifo_outgoing(frame, payload)
         else:
-            shm = frame.shm.get(key)
-            state = self.exporter.state(key)
-            sub.shm_state(frame.camera, state.error if state is not None else "")
+            # only admitted seats pin: the segment has room for them alone
+            shm = frame.shm.get(seat.key) if seat.admitted else None
+            sub.shm_state(frame.camera, self.exporter.error(seat))
             found = None if shm is None else shm_outgoing(frame, payload, shm)
             if found is None:
-                return  # no segment (the error says why) or the frame is already gone
+                return  # no segment or no seat yet (the error says why), or the frame is gone
             outgoing = found
         superseded = frame.seq - last - 1 if last else 0
         sub.last_offered[frame.camera] = frame.seq
@@ -390,7 +390,15 @@ class FanoutLoop:
             # we end the stream: the reader may still be using its last frame until it reads
             # (and sees EOF), so its pins outlive the descriptor by PARK_S
             release_at = time.monotonic_ns() + int(PARK_S * 1e9)
-            self._parked.extend((release_at, held) for held in sub.ledger.clear())
+            self._parked.extend((release_at, functools.partial(release, held))
+                                for held in sub.ledger.clear())
+        if sub.removed and sub.shm_seats:  # its places go once its last pins have gone
+            seats, sub.shm_seats = list(sub.shm_seats.values()), {}
+            vacate = functools.partial(self._vacate, seats)
+            if self._parked and self._parked[-1][0] > time.monotonic_ns():
+                self._parked.append((self._parked[-1][0], vacate))
+            else:
+                vacate()
         if sub.fd >= 0:
             self._by_fd.pop(sub.fd, None)
             self._epoll.unregister(sub.fd)
@@ -444,8 +452,9 @@ class FanoutLoop:
         for camera in sub.spec.all_cameras:
             self._by_camera[camera].remove(sub)
             self.store.unwant(camera, sub.spec.rendition)
-        for key in sub.shm_keys.values():
-            self.exporter.unwant(key)
+        sub.removed = True
+        for seat in sub.shm_seats.values():  # sized without it; its place stays until _close
+            self.exporter.leave(seat)
         sub.outbox.drop_pending()
         if sub.connected and (sub.outbox.has_bytes or keep_open):  # never cut a message
             sub.retiring = True
@@ -462,7 +471,11 @@ class FanoutLoop:
 
     def _unpark(self, now: int) -> None:
         while self._parked and (self._stopping or self._parked[0][0] <= now):
-            release(self._parked.pop(0)[1])
+            self._parked.pop(0)[1]()
+
+    def _vacate(self, seats: list[Seat]) -> None:
+        for seat in seats:
+            self.exporter.vacate(seat)
 
 
 def _no_reader(fd: int) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from framebus.exporter import ShmExporter, ShmKey
+from framebus.exporter import Seat, ShmExporter, ShmKey
 from framebus.outbox import Outbox, Outgoing
 from framebus.shm import ShmFrame
 from framebus.slots import HoldLedger
@@ -184,6 +184,8 @@ class Subscriber:
         self.retire_deadline_ns = 0
         self.on_closed: Callable[[bool], None] | None = None  # one-shot: called with "complete"
         self.shm_keys = spec.shm_keys
+        self.shm_seats: dict[str, Seat] = {}  # per camera, the exporter's seat (FanoutLoop.add)
+        self.removed = False  # its seats are vacated once its pins are released
         self.shm_errors = dict.fromkeys(self.shm_keys, "")  # per camera: why its segment failed
         # one ledger for the one pipe, whatever the cameras: the hold rule is per pipe
         self.ledger: HoldLedger[Token] | None = HoldLedger() if self.shm_keys else None

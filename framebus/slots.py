@@ -17,7 +17,8 @@ which message each reader has begun. From that:
 
 Bound (per segment, with ``n`` shm subscribers): each subscriber pins at most 3 slots (held,
 unread, pending in its outbox), the store's newest frame 1 and the decoder's write in progress
-1, so ``capacity(n) = 3 * n + 2`` slots always leave one free to write. A subscriber of several
+1, so ``3 * n + 2`` slots always leave one free to write; a segment is made for ``n``
+rounded up to a power of two (``capacity``), so joins rarely make a new one. A subscriber of several
 cameras has one ledger for its one pipe (at most 2 messages, of any cameras) and one pending
 frame per camera, so it too pins at most 3 slots in each camera's segment.
 """
@@ -35,9 +36,16 @@ PINS_PER_SUBSCRIBER = 3  # held by the reader, unread in the pipe, pending in th
 SHARED_PINS = 2  # the store's newest frame, the decoder's write in progress
 
 
+def seats_for(subscribers: int) -> int:
+    """Subscribers a segment is made for: ``subscribers`` rounded up to a power of two, so a
+    key's segments grow by doubling and all of them together stay under twice the newest."""
+    return 1 << (max(1, subscribers) - 1).bit_length()
+
+
 def capacity(subscribers: int) -> int:
-    """Slots a segment needs so that a writer always finds a free one."""
-    return PINS_PER_SUBSCRIBER * max(1, subscribers) + SHARED_PINS
+    """Slots of a segment made for ``subscribers``: 3 per seat (``seats_for``) plus the 2
+    shared pins, so a writer always finds a free one while at most that many are served."""
+    return PINS_PER_SUBSCRIBER * seats_for(subscribers) + SHARED_PINS
 
 
 @dataclass(frozen=True, slots=True)

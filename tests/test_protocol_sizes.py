@@ -31,8 +31,10 @@ def spec_formulas() -> dict[str, str]:
 
 
 def sizes(payload_bytes: int, n: int) -> dict[str, int]:
-    """Evaluate the document's formulas (its ``ceil`` and ``/`` are the mathematical ones)."""
-    names: dict[str, object] = {"ceil": math.ceil, "payload_bytes": payload_bytes, "n": n}
+    """Evaluate the document's formulas (its ``ceil``, ``log2`` and ``/`` are the
+    mathematical ones)."""
+    names: dict[str, object] = {"ceil": math.ceil, "log2": math.log2,
+                                "payload_bytes": payload_bytes, "n": n}
     out = {}
     for name, formula in spec_formulas().items():
         out[name] = int(eval(formula, {"__builtins__": {}}, names))  # our own document
