@@ -121,5 +121,7 @@ def test_daemon_runs_as_an_unprivileged_user(rtsp_server_factory: RtspServerFact
     assert status.get("Groups", []) == []
     assert int(status["CapEff"][0], 16) == 0
     assert (fifo.st_uid, fifo.st_gid) == (uid, gid)
-    assert written == ["fifos", "fifos/sub.fifo"]  # it wrote nothing but its FIFO
+    # it wrote nothing but its FIFO, the lock that keeps a second daemon off fifo_dir and the
+    # API token it makes when none is configured
+    assert written == ["fifos", "fifos/.framebus.lock", "fifos/api.token", "fifos/sub.fifo"]
     assert not any("Traceback" in line for line in daemon.lines)

@@ -34,7 +34,7 @@ from test_protocol_c_reader import (
     run_reader,
 )
 from test_protocol_c_reader_shm import Segments
-from test_stream_events import unread
+from test_stream_events import stopped, unread
 from waiting import wait_for
 
 from framebus.errors import ProtocolError
@@ -466,12 +466,16 @@ def test_c_reader_sees_a_restart_it_got_no_eof_for_and_no_seq_violation(
         reader.wait_frames(15, timeout=60)
         # no new frames, so the reader empties its pipe: then it is stopped with nothing
         # unread, and the daemon dies without the reader seeing EOF
-        server.pause()
+        heard = len(reader.states())
+        server.kill()  # the camera goes away (it comes back below, on the same port)
+        wait_for(lambda: any(s["state"] == "reconnecting" for _, s in reader.states()[heard:]),
+                 30, "the reader to hear the camera is gone")  # the last message that comes
         wait_for(lambda: unread(fifo) == 0, 20, "the reader to drain its pipe")
         reader.signal(signal.SIGSTOP)
+        wait_for(lambda: stopped(reader.proc.pid), 20, "the reader to be stopped")
         daemon.proc.kill()
         daemon.proc.wait(10)
-        server.resume()
+        server.restart()
         before = reader.frames()[-1][1]["seq"]
         second = DaemonProcess(path)  # opens the FIFO the stopped reader still holds
         wait_for(lambda: unread(fifo) > 0, 60, "the new daemon to write into the held FIFO")
@@ -502,19 +506,29 @@ def test_c_reader_shows_a_camera_outage_as_state_lines(
     err = ""
     try:
         reader.wait_frames(10, timeout=60)
+        server.pause()  # the camera hangs, its connection up: idle after a second
+        try:
+            wait_for(lambda: any(s["state"] == "idle" for _, s in reader.states()), 30,
+                     "an idle STATE line")
+        finally:
+            server.resume()
         old_epoch = reader.frames()[-1][1]["epoch"]
-        server.pause()  # the camera hangs: quiet first, then stalled, then the daemon retries
-        wait_for(lambda: any(s["state"] == "reconnecting" for _, s in reader.states()), 30,
-                 "a reconnecting STATE line")
-        server.resume()
+        heard = len(reader.states())
+        server.kill()  # the camera goes away: the daemon reconnects until it is back
+        wait_for(lambda: any(s["state"] == "reconnecting" for _, s in reader.states()[heard:]),
+                 30, "a reconnecting STATE line")
+        server.restart()
         wait_for(lambda: any(f["epoch"] > old_epoch for _, f in reader.frames()), 60,
                  "frames of the new epoch")
         err = reader.stop()
         assert_clean(reader, err)
         states = reader.states()
         kinds = [s["state"] for _, s in states]
-        assert kinds.index("idle") < kinds.index("reconnecting") < kinds.index("streaming"), kinds
-        back_at, back = next((i, s) for i, s in states if s["state"] == "streaming")
+        # (a reader that connects while the camera still connects hears that first)
+        quiet = kinds.index("idle")
+        retrying = kinds.index("reconnecting", quiet)
+        assert kinds[quiet + 1] == "streaming", kinds  # frames resumed in the same epoch
+        back_at, back = next((i, s) for i, s in states[retrying:] if s["state"] == "streaming")
         first_new_at, first_new = next((i, f) for i, f in reader.frames()
                                         if f["epoch"] > old_epoch)
         assert back["epoch"] == first_new["epoch"] and back_at < first_new_at
