@@ -5,6 +5,8 @@ those frames, and for the RTSP test server's clips)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ from typing import Any
 
 import av
 import numpy as np
+import pytest
 from faultkit import CheckedReader
 from waiting import wait_for
 
@@ -68,6 +71,24 @@ class PatternPublisher:
                 time_base=(1, 90000), capture_time_ns=time.time_ns(),
                 capture_source=CaptureSource.RECEIVE, keyframe=True))
             self._stop.wait(self.period_s)
+
+
+@contextmanager
+def mounted_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (e.g. "96k") mounted at ``where`` for the block (needs root:
+    the test is skipped where it cannot mount), unmounted after."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30,
+                       check=False)
 
 
 @contextmanager

@@ -4,15 +4,13 @@ reader processes that check every pixel of every frame against its seq."""
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import stat
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fanoutkit import ReaderProcess
-from shmkit import PatternPublisher, PatternReader, running_loop
+from shmkit import PatternPublisher, PatternReader, mounted_tmpfs, running_loop
 from waiting import wait_for
 
 from framebus.fanout import FanoutLoop, SubscriberSpec
@@ -168,20 +166,9 @@ def test_more_subscribers_than_the_segment_was_sized_for_make_a_bigger_one(
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path) -> object:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    where = tmp_path / "small"
-    where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
-                          capture_output=True, text=True, timeout=30, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path / "small", "256k") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30,
-                       check=False)
 
 
 def test_a_tmpfs_too_small_fails_that_subscriber_clearly_and_no_one_else(

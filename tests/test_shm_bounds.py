@@ -5,16 +5,13 @@ SIGSTOPped reader processes that check every pixel, a real small tmpfs."""
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from shmkit import PatternPublisher, PatternReader, running_loop
+from shmkit import PatternPublisher, PatternReader, mounted_tmpfs, running_loop
 from waiting import wait_for
 
 from framebus.fanout import FanoutLoop, SubscriberSpec
@@ -98,19 +95,8 @@ def test_a_join_within_the_two_seconds_of_a_removed_readers_last_frame_skips_not
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 96 KiB tmpfs: one 64x48 bgr24 segment for one subscriber (64 KiB) fits, the one for
     two (100 KiB) does not."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    where = tmp_path / "small"
-    where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(where)],
-                          capture_output=True, text=True, timeout=30, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "96k") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30,
-                       check=False)
 
 
 def test_a_join_that_does_not_fit_fails_only_the_joiner_and_is_retried(
