@@ -15,7 +15,7 @@ import struct
 import subprocess
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,17 +118,27 @@ def run_reader(
     """Feed ``data`` to the C reader through a real FIFO; return (exit code, lines, stderr)."""
     fifo = tmp_path / "subscriber.fifo"
     os.mkfifo(fifo)
+    return run_fed(exe, fifo, lambda fd, deadline: write_in_chunks(
+        fd, data, random.Random(seed), deadline), args)
+
+
+def run_fed(exe: Path, fifo: Path, feed: Callable[[int, float], None],
+            args: Sequence[str] = (), cwd: Path | None = None,
+            path: str | None = None) -> tuple[int, list[str], str]:
+    """Run the C reader on ``fifo`` (named ``path`` on its command line, from ``cwd``), let
+    ``feed(fd, deadline)`` write into it, close (EOF for the reader, at a boundary or not) and
+    return (exit code, lines, stderr); the reader is killed if it outlives TIMEOUT_S."""
     deadline = time.monotonic() + TIMEOUT_S
     proc = subprocess.Popen(
-        [str(exe), *args, str(fifo)],
+        [str(exe), *args, path or str(fifo)], cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
     )
     try:
         fd = open_writer(fifo, proc, deadline)
         try:
-            write_in_chunks(fd, data, random.Random(seed), deadline)
+            feed(fd, deadline)
         finally:
-            os.close(fd)  # EOF for the reader, at a boundary or not
+            os.close(fd)
         out, err = proc.communicate(timeout=TIMEOUT_S)
     finally:
         if proc.poll() is None:

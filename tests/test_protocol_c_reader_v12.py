@@ -31,6 +31,7 @@ from test_protocol_c_reader import (
     corrupt,
     expected_line,
     open_writer,
+    run_fed,
     run_reader,
 )
 from test_protocol_c_reader_shm import Segments
@@ -145,11 +146,8 @@ def run_chunks(exe: Path, tmp_path: Path, chunks: Sequence[bytes],
     4096 bytes enters the pipe at once, as the daemon writes a message)."""
     fifo = tmp_path / "subscriber.fifo"
     os.mkfifo(fifo)
-    deadline = time.monotonic() + TIMEOUT_S
-    proc = subprocess.Popen([str(exe), *args, str(fifo)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8")
-    try:
-        fd = open_writer(fifo, proc, deadline)
+
+    def feed(fd: int, _deadline: float) -> None:
         os.set_blocking(fd, True)
         try:
             for chunk in chunks:
@@ -158,14 +156,8 @@ def run_chunks(exe: Path, tmp_path: Path, chunks: Sequence[bytes],
                     view = view[os.write(fd, view):]
         except BrokenPipeError:
             pass  # the reader stopped (a protocol error): nobody left to read
-        finally:
-            os.close(fd)
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=TIMEOUT_S)
-    return proc.returncode, out.splitlines(), err
+
+    return run_fed(exe, fifo, feed, args)
 
 
 def one_byte_each(messages: list[bytes]) -> list[bytes]:
@@ -356,23 +348,18 @@ def test_c_reader_finds_segments_beside_the_fifo_it_was_given_a_symlink_to(
     (elsewhere / "cam.fifo").symlink_to(fifo)
     made = Segments(real)
     f = make_frame(85, 1, PixelFormat.NV12, 9, 7, padding=1)
-    deadline = time.monotonic() + TIMEOUT_S
-    proc = subprocess.Popen([str(reader_exe), "cam.fifo"], cwd=elsewhere,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        fd = open_writer(fifo, proc, deadline)
+
+    def feed(fd: int, _deadline: float) -> None:
         os.set_blocking(fd, True)
         os.write(fd, made.message(f))
-        os.close(fd)
-        out, err = proc.communicate(timeout=TIMEOUT_S)
+
+    try:
+        code, lines, err = run_fed(reader_exe, fifo, feed, cwd=elsewhere, path="cam.fifo")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=TIMEOUT_S)
         for segment in made.made:
             segment.unlink()
-    assert (proc.returncode, err) == (0, "")
-    assert out.splitlines() == [expected_line(f[0], len(f[1]))]
+    assert (code, err) == (0, "")
+    assert lines == [expected_line(f[0], len(f[1]))]
 
 
 # -- with a real daemon and a real camera ---------------------------------------------------------
