@@ -43,7 +43,8 @@ UNITS = [("framebus.service", "framebus.service"),
          ("framebus-bridge.service", "framebus-bridge.service"),
          ("framebus-bridge@.service", "framebus-bridge@demo.service"),
          ("framebus-router.service", "framebus-router.service")]
-TLS_CREDENTIALS = [f"{name}:/etc/framebus/tls/{name}" for name in ("ca.pem", "host.pem", "host.key")]
+TLS_CREDENTIALS = [f"{name}:/etc/framebus/tls/{name}"
+                   for name in ("ca.pem", "host.pem", "host.key")]
 
 
 def settings(unit: str) -> dict[str, list[str]]:
