@@ -156,11 +156,11 @@ def test_bridge_and_router_keep_the_daemons_sandbox(unit: str) -> None:
 def test_the_bridge_follows_its_daemon(unit: str, daemon: str, config: str) -> None:
     bridge = settings(unit)
     assert bridge["ExecStart"] == [f"{INSTALLED_BINARY} bridge -c /etc/framebus/{config}"]
-    # started after its daemon; stopped with it (PartOf), not with its failures (no BindsTo=,
-    # Requires=), and never left stopped by a daemon restart (no StopPropagatedFrom=)
+    # started after its daemon and by it once enabled; stopped with it, but not restarted
+    # with it (StopPropagatedFrom=: PartOf=, BindsTo= and Requires= pass restarts on)
     assert daemon in bridge["Wants"][0].split() and daemon in bridge["After"][0].split()
-    assert bridge["PartOf"] == [daemon] and bridge["WantedBy"] == [daemon]
-    for key in ("BindsTo", "Requires", "Requisite", "StopPropagatedFrom"):
+    assert bridge["StopPropagatedFrom"] == [daemon] and bridge["WantedBy"] == [daemon]
+    for key in ("PartOf", "BindsTo", "Requires", "Requisite"):
         assert key not in bridge
     # not the daemon's user: group framebus only (framebus.sysusers makes the user)
     assert (bridge["User"], bridge["Group"]) == (["framebus-bridge"], ["framebus"])
@@ -169,8 +169,8 @@ def test_the_bridge_follows_its_daemon(unit: str, daemon: str, config: str) -> N
 
 def test_the_bridge_template_is_the_bridge_per_instance() -> None:
     main, template = settings("framebus-bridge.service"), settings("framebus-bridge@.service")
-    different = {"Description", "Wants", "After", "PartOf", "ExecStart", "SyslogIdentifier",
-                 "WantedBy"}
+    different = {"Description", "Wants", "After", "StopPropagatedFrom", "ExecStart",
+                 "SyslogIdentifier", "WantedBy"}
     for key in main.keys() | template.keys():
         if key not in different:
             assert main.get(key) == template.get(key), f"{key}= differs between the bridge units"
