@@ -44,6 +44,10 @@ class FifoRequest(BaseModel):
     height: int | None = Field(None, ge=1, le=8192)
     quality: int = Field(DEFAULT_QUALITY, ge=1, le=100)
     timeout: float | None = Field(None, gt=0, le=60)
+    # as for GET .../snapshot.jpg: wait (up to timeout) for a frame with a higher seq; refuse
+    # (503 frame_too_old) a newest frame older than max_age seconds
+    newer_than: int | None = Field(None, ge=0, le=2**63 - 1)
+    max_age: float | None = Field(None, ge=0, le=86400)
 
 
 class SubscriptionRequest(SubscriberConfig):
@@ -207,7 +211,10 @@ class Handlers:
         # the caller's timeout bounds the whole request, the wait for a first frame included
         timeout = min(request.timeout or self.daemon.config.http.wait_timeout,
                       self.daemon.config.http.wait_timeout)
-        frame = self._frame(name, {}, wait=timeout)
+        limits = {key: str(value) for key, value in (("newer_than", request.newer_than),
+                                                     ("max_age", request.max_age))
+                  if value is not None}
+        frame = self._frame(name, limits, wait=timeout)
         rendition = Rendition(PixelFormat.from_name(request.format), request.width,
                               request.height, request.quality)
         payload = self.daemon.store.payload(frame, rendition)  # converted here, not in the loop

@@ -30,11 +30,13 @@ from pydantic import SecretStr
 
 from framebus.backoff import Backoff, BackoffPolicy
 from framebus.config import CameraConfig
+from framebus.errors import FramebusError
 from framebus.failures import describe_error, failure_reason, unresolvable
 from framebus.opening import decoder_options, open_options
+from framebus.remote.settings import RemoteConfig
 from framebus.store import LatestFrameStore, StoredFrame
 from framebus.urls import redact_url, url_with_credentials
-from framebus.wire import CaptureSource, StreamState
+from framebus.wire import CaptureSource, FrameHeader, StreamState
 
 log = logging.getLogger("framebus.camera")
 
@@ -115,8 +117,10 @@ class Camera:
         password: SecretStr | None,
         store: LatestFrameStore,
         rng: random.Random | None = None,
+        remote: RemoteConfig | None = None,
     ) -> None:
         self.name = name
+        self.remote = remote  # how a zenoh: source reaches the network
         self.config = config
         self.store = store
         self.stats = CameraStats()
@@ -234,6 +238,8 @@ class Camera:
             # PyAV's read timeout sits past the stall deadline on purpose: when it interrupts a
             # read, the RTSP demuxer hands out a stale buffered frame, which would hide the
             # stall from the watchdog. The watchdog detects; this only unblocks the thread.
+            if self.config.url.startswith("zenoh:"):
+                return self._remote(generation)
             lavfi = self._open_url.startswith("lavfi:")  # an FFmpeg filter graph as a source
             container = av.open(self._open_url.removeprefix("lavfi:"),
                                 options=open_options(cfg),
@@ -265,6 +271,34 @@ class Camera:
         finally:
             if container is not None:
                 container.close()
+
+    def _remote(self, generation: int) -> float:
+        """Frames of another host's export (framebus.remote.source); like a stream that
+        ended, a session that breaks or never delivers backs off and retries."""
+        from framebus.remote.source import NoFrames, stream_remote
+
+        self.stats.codec = "zenoh"
+        epoch = self.stats.epoch
+
+        def publish(frame: av.VideoFrame, header: FrameHeader, new_epoch: bool) -> None:
+            nonlocal epoch
+            if new_epoch:
+                self.stats.epoch += 1
+                epoch = self.stats.epoch
+            self._check_size(frame.width, frame.height)
+            self._publish(generation, frame, epoch, Fraction(*header.time_base), None, 0,
+                          (header.capture_time_ns, header.capture_source))
+
+        try:
+            stream_remote(self.config.url, self.remote or RemoteConfig(),
+                          lambda: self._current(generation), publish, self.config.open_timeout)
+        except (NoFrames, FramebusError) as exc:  # their messages hold names, no secrets
+            self.stats.reconnects["timeout" if isinstance(exc, NoFrames) else "error"] += 1
+            return self._fail(generation, CameraState.BACKOFF, str(exc))
+        if not self._current(generation):
+            raise _Abandoned
+        self.stats.reconnects["eof"] += 1
+        return self._fail(generation, CameraState.BACKOFF, "remote stream ended")
 
     def _hwaccel(self) -> HWAccel | None:
         if not self.config.hwaccel:
@@ -331,7 +365,8 @@ class Camera:
                             f"max_pixels {self.config.max_pixels}: refused")
 
     def _publish(self, generation: int, frame: av.VideoFrame, epoch: int,
-                 time_base: Fraction, realtime_us: int | None, start_pts: int) -> None:
+                 time_base: Fraction, realtime_us: int | None, start_pts: int,
+                 capture: tuple[int, CaptureSource] | None = None) -> None:
         now = time.monotonic()
         if not self._current(generation):
             raise _Abandoned
@@ -355,7 +390,9 @@ class Camera:
                 self._quiet = False
                 self.store.set_state(self.name, StreamState.STREAMING, self.reason, epoch)
         pts = frame.pts
-        if realtime_us and pts is not None:
+        if capture is not None:  # a remote source keeps the exporting host's capture clock
+            capture_ns, source = capture
+        elif realtime_us and pts is not None:
             offset_ns = int((pts - start_pts) * time_base * 1_000_000_000)
             capture_ns, source = realtime_us * 1000 + offset_ns, CaptureSource.RTCP
         else:

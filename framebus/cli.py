@@ -13,6 +13,7 @@ from pathlib import Path
 
 from framebus import __version__
 from framebus.errors import ConfigError, FramebusError
+from framebus.remote.cli_support import add_remote_options, remote_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -49,12 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", type=Path, required=True)
     run.add_argument("--log-level", default="INFO",
                      choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument("--host", help="this host's name in a fleet config: run only the cameras "
+                     "without host: or with this one (default: remote.host, else the hostname)")
+
+    bridge = sub.add_parser("bridge", help="export the config's remote: renditions to zenoh")
+    bridge.add_argument("-c", "--config", type=Path, required=True)
+    bridge.add_argument("--host", help="this host's name in keys (default: remote.host, "
+                        "else the hostname)")
+    bridge.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    router = sub.add_parser("router", help="run a zenoh router for a site (as zenohd would)")
+    router.add_argument("--zenoh-config", type=Path, help="e.g. /etc/framebus/zenoh/router.json5")
+    router.add_argument("--listen", action="append", default=[], metavar="ENDPOINT",
+                        help="e.g. tcp/0.0.0.0:7447 (repeatable; replaces the file's)")
+    router.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", type=Path)
 
     snap = sub.add_parser("snapshot", help="save the newest frame of a camera as JPEG/PNG")
-    snap.add_argument("camera")
+    snap.add_argument("camera", help="a camera name, or zenoh:[HOST/]CAMERA[/RENDITION] for a "
+                      "camera another host exports")
     snap.add_argument("--out", type=Path, help="image file (.jpg or .png); default CAMERA.jpg")
     snap.add_argument("--fifo", action="store_true",
                       help="fetch the raw frame through a private FIFO instead of HTTP")
@@ -66,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--quality", type=_positive_int, default=85)
     snap.add_argument("--token-file", type=Path)
     snap.add_argument("--timeout", type=float, default=5.0)
+    add_remote_options(snap)
 
     stat = sub.add_parser("status", help="cameras and subscribers at a glance (exit 3: degraded)")
     stat.add_argument("--url", default="http://127.0.0.1:8470")
@@ -75,18 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
                       "/run/framebus/api.token")
     stat.add_argument("--json", action="store_true", help="the API's answers as JSON")
     stat.add_argument("--timeout", type=_positive_float, default=5.0)
+    stat.add_argument("--fleet", action="store_true",
+                      help="every framebus host on the zenoh network (bridges), not this one")
+    add_remote_options(stat)
 
     watch = sub.add_parser("watch", help="show fps, size, latency and misses of FIFOs")
-    watch.add_argument("fifo", type=Path, nargs="+", help="one or more subscriber FIFOs")
+    watch.add_argument("fifo", type=Path, nargs="+", help="one or more subscriber FIFOs, or "
+                       "zenoh:[HOST/]CAMERA[/RENDITION] for cameras other hosts export")
     watch.add_argument("--duration", type=float, help="stop after this many seconds")
     watch.add_argument("--count", type=_positive_int, help="stop after this many frames")
+    add_remote_options(watch)
 
     dump = sub.add_parser("dump", help="save frames from a FIFO as PNG or JPEG files")
-    dump.add_argument("fifo", type=Path)
+    dump.add_argument("fifo", type=Path, help="a subscriber FIFO, or zenoh:[HOST/]CAMERA")
     dump.add_argument("--out", type=Path, required=True, help="directory for the images")
     dump.add_argument("--count", type=_positive_int, default=1)
     dump.add_argument("--image", choices=("png", "jpeg"), default="png")
     dump.add_argument("--timeout", type=float, default=None, help="seconds to wait per frame")
+    add_remote_options(dump)
 
     demo = sub.add_parser("demo", help="run two RTSP test cameras, the daemon and a live watch")
     demo.add_argument("--duration", type=_positive_float,
@@ -113,14 +138,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from framebus.config import load_config, resolve_passwords
+        from framebus.config import for_host, load_config, resolve_passwords
         from framebus.daemon import run
         from framebus.logs import setup_logging
 
-        config = load_config(args.config)
+        config = for_host(load_config(args.config), args.host)
         passwords = resolve_passwords(config)
         setup_logging(args.log_level)
-        return run(config, passwords, args.config)
+        return run(config, passwords, args.config, host=args.host)
+    if args.command == "bridge":
+        from framebus.logs import setup_logging
+        from framebus.remote.bridge import run_bridge
+
+        setup_logging(args.log_level)
+        return run_bridge(args.config, args.host)
+    if args.command == "router":
+        from framebus.logs import setup_logging
+        from framebus.remote.router import run_router
+
+        setup_logging(args.log_level)
+        return run_router(args.zenoh_config, args.listen)
     if args.command == "check-config":
         from framebus.config import check_passwords, load_config
 
@@ -133,6 +170,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from framebus.snapshot import snapshot
 
         return snapshot(args)
+    if args.command == "status" and args.fleet:
+        from framebus.remote.fleet import fleet_status
+        from framebus.remote.session import open_session
+
+        session = open_session(remote_config(args))
+        try:
+            return fleet_status(session, args.timeout, args.json, sys.stdout)
+        finally:
+            session.close()
     if args.command == "status":
         from framebus.status import status
 
@@ -140,11 +186,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "watch":
         from framebus.watch import watch
 
-        return watch(args.fifo, args.duration, args.count, sys.stdout)
+        return watch(args.fifo, args.duration, args.count, sys.stdout,
+                     remote=remote_config(args))
     if args.command == "dump":
         from framebus.watch import dump
 
-        return dump(args.fifo, args.out, args.count, args.image, args.timeout)
+        return dump(args.fifo, args.out, args.count, args.image, args.timeout,
+                    remote=remote_config(args))
     if args.command == "demo":
         from framebus.demo import run_demo
 

@@ -131,6 +131,8 @@ def request_frame(
     quality: int = 85,
     token: str | None = None,
     timeout: float = 5.0,
+    newer_than: int | None = None,
+    max_age: float | None = None,
 ) -> Frame:
     """The newest frame of ``camera``, now, through a private FIFO.
 
@@ -139,6 +141,8 @@ def request_frame(
     ``http.allowed_fifo_dirs``), opens it for reading without blocking, asks
     the daemon over HTTP to write the newest frame into it, reads that one message, and
     removes the FIFO. Raises FrameRequestError with the daemon's reason on refusal.
+    ``newer_than`` waits (within ``timeout``) for a frame with a higher seq; ``max_age``
+    refuses a newest frame older than that many seconds (503 ``frame_too_old``).
 
     Give ``unix_socket`` (the daemon's ``http.unix_socket``, e.g.
     /run/framebus/control.sock): there the daemon knows the calling user and writes into
@@ -166,6 +170,10 @@ def request_frame(
                 body["width"] = width
             if height:
                 body["height"] = height
+            if newer_than is not None:
+                body["newer_than"] = newer_than
+            if max_age is not None:
+                body["max_age"] = max_age
             answer: list[tuple[int, dict[str, object]]] = []
             failure: list[BaseException] = []
 

@@ -30,6 +30,14 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from framebus.errors import ConfigError
+from framebus.remote.settings import (
+    NAME,
+    RemoteConfig,
+    RemoteExport,
+    check_exports,
+    check_zenoh_url,
+    host_name,
+)
 from framebus.urls import find_credentials
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -99,12 +107,22 @@ class CameraConfig(_Strict):
     # metric reason "too_large"); renditions are capped per camera
     max_pixels: int = Field(8192 * 8192, ge=64, le=1 << 30)
     max_renditions: int = Field(8, ge=1, le=64)
+    # fleet: the host whose daemon runs this camera (`framebus run --host`); none: every host
+    host: str | None = Field(None, pattern=NAME.pattern)
+    remote: list[RemoteExport] = Field(default_factory=list)  # what the bridge exports
+
+    @field_validator("remote")
+    @classmethod
+    def _export_names(cls, remote: list[RemoteExport]) -> list[RemoteExport]:
+        return check_exports(remote)
 
     @field_validator("url")
     @classmethod
     def _url_without_credentials(cls, url: str) -> str:
         # never echo the URL or a part of it: the value may be the very secret refused
         parts = urlsplit(url)
+        if parts.scheme == "zenoh":  # a camera another host's bridge exports
+            return check_zenoh_url(url)
         if parts.scheme in ("rtsp", "rtsps"):
             found = find_credentials(url)
             if found:
@@ -119,7 +137,7 @@ class CameraConfig(_Strict):
             except ValueError:
                 raise ValueError("expected rtsp://host[:port]/path, the port a number") from None
         elif parts.scheme not in ("", "file", "lavfi"):
-            raise ValueError(f"expected an rtsp://, rtsps://, file path or lavfi: URL, "
+            raise ValueError(f"expected an rtsp://, rtsps://, zenoh:, file path or lavfi: URL, "
                              f"got scheme {parts.scheme!r}")
         return url
 
@@ -251,6 +269,7 @@ class Config(_Strict):
     cameras: dict[str, CameraConfig] = Field(default_factory=dict)
     subscribers: dict[str, SubscriberConfig] = Field(default_factory=dict)
     http: HttpConfig = HttpConfig()
+    remote: RemoteConfig = RemoteConfig()
 
     @field_validator("subscribers")
     @classmethod
@@ -357,6 +376,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
     return parse_config(data, str(path))
+
+
+def for_host(config: Config, override: str | None = None) -> Config:
+    """A fleet config cut down to this host: the cameras without ``host:`` or with this
+    host's name (``--host``, else ``remote.host``, else the hostname), and the subscribers of
+    those. A config naming no host runs whole, as before."""
+    if override is None and not any(camera.host for camera in config.cameras.values()):
+        return config
+    host = host_name(config.remote, override)
+    cameras = {name: camera for name, camera in config.cameras.items()
+               if camera.host in (None, host)}
+    subscribers = {}
+    for name, sub in config.subscribers.items():
+        if sub.camera is not None:
+            if sub.camera in cameras:
+                subscribers[name] = sub
+        elif isinstance(sub.cameras, list):
+            kept = [camera for camera in sub.cameras if camera in cameras]
+            if kept:
+                subscribers[name] = sub.model_copy(update={"cameras": kept})
+        else:  # "*": every camera this host runs
+            subscribers[name] = sub
+    return config.model_copy(update={"cameras": cameras, "subscribers": subscribers})
 
 
 def check_passwords(config: Config, environ: dict[str, str] | None = None) -> list[str]:

@@ -26,7 +26,13 @@ from pydantic import SecretStr
 
 from framebus.access import generate_token_file
 from framebus.camera import Camera, CameraSet, CameraState
-from framebus.config import Config, SubscriberConfig, load_config, resolve_passwords
+from framebus.config import (
+    Config,
+    SubscriberConfig,
+    for_host,
+    load_config,
+    resolve_passwords,
+)
 from framebus.errors import ConfigError, FifoError, FramebusError
 from framebus.fanout import FanoutLoop, SubscriberSpec
 from framebus.sdnotify import Notifier
@@ -244,7 +250,8 @@ class Daemon:
                 continue
             if running is not None:
                 self.cameras.remove(name)
-            self.cameras.add(Camera(name, camera_config, passwords.get(name), self.store))
+            self.cameras.add(Camera(name, camera_config, passwords.get(name), self.store,
+                                    remote=config.remote))
         for name in [n for n, s in self.dynamic.items()
                      if any(c not in config.cameras for c in s.names(config.cameras))]:
             log.warning("subscription %s: its camera is gone; removed", name)
@@ -325,11 +332,11 @@ class SignalInbox:
         return signals
 
 
-def reload(daemon: Daemon, path: Path, notifier: Notifier) -> None:
+def reload(daemon: Daemon, path: Path, notifier: Notifier, host: str | None = None) -> None:
     """SIGHUP: validate the new file first; apply only the differences, or keep the old one."""
     notifier.reloading()
     try:
-        config = load_config(path)
+        config = for_host(load_config(path), host)
         passwords = resolve_passwords(config)
         http_token(config)
     except ConfigError as exc:
@@ -344,8 +351,9 @@ def reload(daemon: Daemon, path: Path, notifier: Notifier) -> None:
 
 
 def run(config: Config, passwords: dict[str, SecretStr | None] | None = None,
-        config_path: Path | None = None) -> int:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads ``config_path``. Returns the exit code."""
+        config_path: Path | None = None, host: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads ``config_path`` (cut down to ``host`` in a
+    fleet config). Returns the exit code."""
     inbox = SignalInbox()
     inbox.install()
     notifier = Notifier()
@@ -369,7 +377,7 @@ def run(config: Config, passwords: dict[str, SecretStr | None] | None = None,
                 log.info("stopping on %s", signal.Signals(signals[-1]).name)
                 break
             if signal.SIGHUP in signals and config_path is not None:
-                reload(daemon, config_path, notifier)
+                reload(daemon, config_path, notifier, host)
             notifier.status(daemon.status_line())
     finally:
         notifier.stopping()

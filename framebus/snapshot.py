@@ -8,9 +8,10 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from framebus.apiclient import request
-from framebus.client import FrameRequestError, request_frame
+from framebus.client import Frame, FrameRequestError, request_frame
 from framebus.errors import FramebusError
 from framebus.imaging import ImageKind, encode_image, to_video_frame
+from framebus.remote.cli_support import is_remote, parse_target, remote_config
 
 
 def snapshot(args: argparse.Namespace) -> int:
@@ -19,7 +20,10 @@ def snapshot(args: argparse.Namespace) -> int:
     kind: ImageKind = "png" if out.suffix.lower() == ".png" else "jpeg"
     # None: the API client finds one ($FRAMEBUS_TOKEN, ...), the Unix socket needs none
     token = args.token_file.read_text().strip() if args.token_file else None
-    if args.fifo:
+    if is_remote(args.camera):
+        frame = _remote_frame(args)
+        data = encode_image(to_video_frame(frame.header, frame.payload), kind, args.quality)
+    elif args.fifo:
         try:
             frame = request_frame(args.camera, url=args.url, unix_socket=args.unix_socket,
                                   fifo_dir=args.fifo_dir, format="bgr24", width=args.width,
@@ -32,6 +36,17 @@ def snapshot(args: argparse.Namespace) -> int:
     out.write_bytes(data)
     print(out, file=sys.stdout)
     return 0
+
+
+def _remote_frame(args: argparse.Namespace) -> Frame:
+    from framebus.remote.newest import request_remote_frame
+
+    host, camera, rendition = parse_target(args.camera)
+    try:
+        return request_remote_frame(camera, host=host, rendition=rendition,
+                                    config=remote_config(args), timeout=args.timeout)
+    except FrameRequestError as exc:
+        raise FramebusError(f"snapshot of {args.camera}: {exc.error}: {exc.detail}") from None
 
 
 def _get_image(args: argparse.Namespace, kind: str, token: str | None) -> bytes:

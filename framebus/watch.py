@@ -20,11 +20,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from framebus.client import Frame, StreamEvent, Subscriber
+from framebus.errors import FramebusError
 from framebus.imaging import ImageKind, encode_image, to_video_frame
+from framebus.remote.cli_support import is_remote, parse_target
 from framebus.wire import PixelFormat
+
+if TYPE_CHECKING:
+    from framebus.remote.consumer import RemoteSubscriber
+    from framebus.remote.settings import RemoteConfig
 
 _READ_POLL_S = 0.2  # a reader thread notices the stop request at least this often
 _QUEUE_LIMIT = 4096  # samples waiting for the main thread (bounded: the reader waits)
@@ -106,19 +112,35 @@ class _Event:
 _Item = Sample | _ReaderFailed | _Event
 
 
-def _read_fifo(path: Path, samples: queue.Queue[_Item], stop: threading.Event) -> None:
+def open_reader(path: Path, remote: RemoteConfig | None, timeout: float | None = None,
+                on_event: Callable[[StreamEvent], None] | None = None
+                ) -> Subscriber | RemoteSubscriber:
+    """A reader of a FIFO (reopened across daemon restarts), or of a camera on another host
+    for a ``zenoh:`` target."""
+    if is_remote(path):
+        from framebus.remote.consumer import RemoteSubscriber
+
+        host, camera, rendition = parse_target(path)
+        return RemoteSubscriber(camera, host=host, rendition=rendition, config=remote,
+                                timeout=timeout, on_event=on_event)
+    return Subscriber(path, reopen=True, on_event=on_event, timeout=timeout)
+
+
+def _read_fifo(path: Path, samples: queue.Queue[_Item], stop: threading.Event,
+               remote: RemoteConfig | None) -> None:
     """Reader thread: turn every frame on ``path`` into a sample until ``stop`` is set."""
     try:
         def on_event(event: StreamEvent) -> None:
             _put(samples, _Event(path, event), stop)
 
-        with Subscriber(path, reopen=True, on_event=on_event) as sub:
+        with open_reader(path, remote, on_event=on_event) as sub:
             while not stop.is_set():
                 try:
                     frame = sub.read(timeout=_READ_POLL_S)
                 except TimeoutError:
                     continue
-                assert frame is not None  # reopen=True never ends at EOF
+                if frame is None:  # reopen=True never ends at EOF; a remote one when closed
+                    break
                 _put(samples, Sample.of(path, frame), stop)
     except Exception as exc:  # handed to the main thread, which raises it
         _put(samples, _ReaderFailed(path, exc), stop)
@@ -139,8 +161,10 @@ def watch(
     count: int | None,
     out: TextIO,
     should_stop: Callable[[], bool] | None = None,
+    remote: RemoteConfig | None = None,
 ) -> int:
-    """Print one line per second per camera seen on any of ``paths``.
+    """Print one line per second per camera seen on any of ``paths`` (FIFOs, or ``zenoh:``
+    targets on other hosts, reached as ``remote`` says).
 
     Stops after ``duration`` seconds, after ``count`` frames in total, or as soon as
     ``should_stop()`` (checked at least once a second) returns True. A second without frames
@@ -154,7 +178,7 @@ def watch(
         raise ValueError("watch needs at least one FIFO")
     samples: queue.Queue[_Item] = queue.Queue(maxsize=_QUEUE_LIMIT)
     stop_readers = threading.Event()
-    readers = [threading.Thread(target=_read_fifo, args=(path, samples, stop_readers),
+    readers = [threading.Thread(target=_read_fifo, args=(path, samples, stop_readers, remote),
                                 name=f"watch:{path.name}", daemon=True) for path in fifos]
     for reader in readers:
         reader.start()
@@ -226,14 +250,17 @@ def _report(
             print(f"waiting for frames on {path}", file=out, flush=True)
 
 
-def dump(path: Path, out_dir: Path, count: int, kind: ImageKind, timeout: float | None) -> int:
-    """Save ``count`` frames as image files named ``<camera>-<seq>.<ext>``; print each path."""
+def dump(path: Path, out_dir: Path, count: int, kind: ImageKind, timeout: float | None,
+         remote: RemoteConfig | None = None) -> int:
+    """Save ``count`` frames as image files named ``<camera>-<seq>.<ext>``; print each path
+    (a FIFO, or a ``zenoh:`` target on another host)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "png" if kind == "png" else "jpg"
-    with Subscriber(path, timeout=timeout, reopen=True) as sub:
+    with open_reader(path, remote, timeout=timeout) as sub:
         for _ in range(count):
             frame = sub.read()
-            assert frame is not None
+            if frame is None:
+                raise FramebusError(f"{path}: the stream ended")
             target = out_dir / f"{frame.camera}-{frame.seq:08d}.{ext}"
             if frame.header.format is PixelFormat.JPEG and kind == "jpeg":
                 data = bytes(frame.payload)  # already a JPEG: keep it bit-exact
