@@ -155,6 +155,7 @@ class RtspServer:
         cache_dir: Path | None = None,
         port: int = 0,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        prefix: Sequence[str] = (),
     ) -> None:
         if not mounts:
             raise ValueError("at least one mount is required")
@@ -168,6 +169,8 @@ class RtspServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._args: list[str] | None = None
+        # e.g. ``ip netns exec NS``: the server then serves 127.0.0.1 of that namespace
+        self._prefix = list(prefix)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -192,7 +195,8 @@ class RtspServer:
 
     def _spawn(self, port: int, deadline: float) -> int:
         assert self._args is not None
-        command = [gst_python(), str(SERVER_SCRIPT), "--port", str(port), "--exit-on-stdin-eof"]
+        command = [*self._prefix, gst_python(), str(SERVER_SCRIPT), "--port", str(port),
+                   "--exit-on-stdin-eof"]
         for argument in self._args:
             command += ["--mount", argument]
         if self._stderr is not None:
