@@ -211,9 +211,11 @@ class Handlers:
         # the caller's timeout bounds the whole request, the wait for a first frame included
         timeout = min(request.timeout or self.daemon.config.http.wait_timeout,
                       self.daemon.config.http.wait_timeout)
-        limits = {key: str(value) for key, value in (("newer_than", request.newer_than),
-                                                     ("max_age", request.max_age))
-                  if value is not None}
+        limits = {}  # in the query-string form GET .../snapshot.jpg parses (no exponents)
+        if request.newer_than is not None:
+            limits["newer_than"] = str(request.newer_than)
+        if request.max_age is not None:
+            limits["max_age"] = f"{request.max_age:.9f}"
         frame = self._frame(name, limits, wait=timeout)
         rendition = Rendition(PixelFormat.from_name(request.format), request.width,
                               request.height, request.quality)

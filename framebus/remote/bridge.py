@@ -145,7 +145,7 @@ def run_bridge(config_path: Path, host_override: str | None = None) -> int:
     inbox = SignalInbox()
     inbox.install()
     notifier = Notifier()
-    session = open_session(config.remote)
+    session = open_session(config.remote, publisher=True)
     metrics = None
     try:
         bridge = Bridge(config, host, session)

@@ -119,7 +119,7 @@ class RemoteCore:
         self._misses = MissCounter()
         self._own_session = session is None
         self._session = session if session is not None else open_session(
-            self.config, connect=connect)
+            self.config, connect=connect, listen=[])  # remote.listen is the bridge's
         self._ring = self._make_ring()
         try:
             self._subscriber = self._session.declare_subscriber(self.selector, self._ring.put)

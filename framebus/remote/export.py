@@ -66,7 +66,7 @@ class Published:
 
 def subscription_name(host: str, camera: str, rendition: str) -> str:
     """The daemon-side name of an export's subscription: readable, unique, within 64 chars."""
-    name = f"bridge-{camera}-{rendition}"
+    name = f"bridge-{host}-{camera}-{rendition}"
     if len(name) <= 64:
         return name
     digest = hashlib.sha256(f"{host}/{camera}/{rendition}".encode()).hexdigest()[:12]
@@ -85,6 +85,7 @@ class Export:
         self.name = subscription_name(host, camera, self.rendition)
         self.stats = ExportStats()
         self.last: Published | None = None
+        self._last_capture_ns = 0
         self._pool = pool
         self._pending = 0
         self._lock = threading.Lock()
@@ -170,6 +171,9 @@ class Export:
     def _put(self, frame: Frame) -> None:
         header = frame.header
         payload = bytes(frame.payload)  # the one copy out of the slot: zenoh takes bytes
+        if not frame.intact():  # the daemon reused the slot while we copied: never send it torn
+            self.stats.dropped["overwritten"] += 1
+            return
         attachment = frame_attachment(header, len(payload), header.missed)
         began = time.perf_counter()
         self.publisher.put(payload, attachment=attachment)
@@ -178,9 +182,20 @@ class Export:
         stats.puts += 1
         stats.bytes += len(payload)
         if header.missed:
-            stats.dropped["upstream"] += header.missed
+            stats.dropped[self._drop_reason(header)] += header.missed
+        self._last_capture_ns = header.capture_time_ns
         self._failures = 0
         self.last = Published(header, attachment, payload)
+
+    def _drop_reason(self, header: FrameHeader) -> str:
+        """``max_fps`` for the frames the daemon skipped to keep the export's rate (the gap
+        since the previous frame is about one interval at that rate), else ``upstream``: it
+        dropped them because the bridge did not keep up (a slow network or put)."""
+        max_fps = self.spec.max_fps
+        if max_fps and self._last_capture_ns and (
+                header.capture_time_ns - self._last_capture_ns <= 1.5e9 / max_fps):
+            return "max_fps"
+        return "upstream"
 
     def _on_event(self, event: StreamEvent) -> None:
         """A camera state from the daemon goes out on the same key (a restart is visible in

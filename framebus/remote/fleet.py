@@ -32,7 +32,13 @@ def gather(session: Any, timeout: float) -> dict[str, Any]:
     """``{"hosts": [...]}``: each host's status reply (or why there is none) and the exports
     alive on the network, within ``timeout`` seconds."""
     began = time.monotonic()
-    tokens = _ok_keys(session.liveliness().get(f"{KEY_PREFIX}/**", timeout=timeout))
+    # a session just opened learns the tokens a moment later: ask again until one answers
+    while True:
+        left = timeout - (time.monotonic() - began)
+        tokens = _ok_keys(session.liveliness().get(f"{KEY_PREFIX}/**", timeout=max(0.1, left)))
+        if tokens or time.monotonic() - began >= timeout / 2:
+            break
+        time.sleep(0.1)
     hosts: dict[str, dict[str, Any]] = {}
     alive: dict[str, list[str]] = {}
     for key in tokens:

@@ -11,7 +11,9 @@ the config (never a URL, so never a credential).
   ``framebus_remote_puts_total``, ``framebus_remote_bytes_total``,
   ``framebus_remote_put_blocked_seconds_total`` (time inside zenoh's ``put()``: at link speed
   it blocks, zenoh #2258), ``framebus_remote_dropped_total{reason}`` (``upstream``: the daemon
-  dropped them for the bridge, a slow network or put; ``error``: subscription failures),
+  dropped them because the bridge did not keep up, a slow network or put; ``max_fps``: skipped
+  to keep the export's rate; ``overwritten``: the shm slot was reused while the bridge copied
+  it, so it was not sent torn),
   ``framebus_remote_queries_total{outcome}``.
 """
 
@@ -32,7 +34,7 @@ from framebus.errors import ConfigError
 if TYPE_CHECKING:
     from framebus.remote.bridge import Bridge
 
-DROP_REASONS = ("upstream", "error")
+DROP_REASONS = ("upstream", "max_fps", "overwritten")
 QUERY_OUTCOMES = ("cached", "daemon", "busy", "bad_request", "unavailable", "error")
 LABELS = ["camera", "rendition"]
 

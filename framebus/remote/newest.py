@@ -42,22 +42,19 @@ def request_remote_frame(
     query = f"{selector(camera, host, rendition)}?{';'.join(params)}"
     own = session is None
     if own:
-        session = open_session(config or RemoteConfig(), connect=connect)
+        session = open_session(config or RemoteConfig(), connect=connect, listen=[])
     errors: list[str] = []
+    deadline = time.monotonic() + timeout
     try:
-        for reply in session.get(query, timeout=timeout + 0.5):
-            sample = reply.ok
-            if sample is None:
-                errors.append(reply.err.payload.to_bytes().decode(errors="replace")[:200])
-                continue
-            raw = b"" if sample.attachment is None else sample.attachment.to_bytes()
-            try:
-                message = decode_sample(raw, memoryview(sample.payload.to_bytes()))
-            except ProtocolError as exc:
-                errors.append(f"invalid reply: {exc}")
-                continue
-            if isinstance(message.header, FrameHeader):
-                return Frame(message.header, message.payload, time.monotonic_ns())
+        # a session just opened learns the network's queryables a moment later: a query that
+        # nobody answered is asked again until the deadline
+        while not errors and (left := deadline - time.monotonic()) > 0:
+            for reply in session.get(query, timeout=left + 0.5):
+                frame = _frame(reply, errors)
+                if frame is not None:
+                    return frame
+            if not errors:
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
     finally:
         if own:
             session.close()
@@ -65,3 +62,21 @@ def request_remote_frame(
         raise TimeoutError(f"no host answered for {query} within {timeout:g}s")
     error, _, detail = errors[0].partition(": ")
     raise FrameRequestError(503, error, detail)
+
+
+def _frame(reply: Any, errors: list[str]) -> Frame | None:
+    """The frame in a reply, or None with the reason appended to ``errors``."""
+    sample = reply.ok
+    if sample is None:
+        errors.append(reply.err.payload.to_bytes().decode(errors="replace")[:200])
+        return None
+    raw = b"" if sample.attachment is None else sample.attachment.to_bytes()
+    try:
+        message = decode_sample(raw, memoryview(sample.payload.to_bytes()))
+    except ProtocolError as exc:
+        errors.append(f"invalid reply: {exc}")
+        return None
+    if not isinstance(message.header, FrameHeader):
+        errors.append("invalid reply: a STATE message")
+        return None
+    return Frame(message.header, message.payload, time.monotonic_ns())

@@ -23,8 +23,16 @@ def import_zenoh() -> Any:
     return zenoh
 
 
+# How long put() waits for room for the next fragment of a frame already being sent before
+# zenoh drops the rest (with CongestionControl.DROP). zenoh's 50 ms drops every frame that
+# takes longer than that to send (1.38 MB of 720p nv12 takes 110 ms at 100 Mbit/s): nothing
+# arrived at all. A frame is started only when the queue has room within 1 ms (zenoh's
+# wait_before_drop), so newest-wins holds; this only lets a started frame finish.
+FRAGMENT_WAIT_US = 2_000_000
+
+
 def zenoh_config(config: RemoteConfig, *, connect: list[str] | None = None,
-                 listen: list[str] | None = None) -> Any:
+                 listen: list[str] | None = None, publisher: bool = False) -> Any:
     """zenoh's config: the file ``remote.zenoh_config`` if given (TLS, routers, ACL), with
     ``listen``/``connect`` endpoints from framebus's config or the command line on top.
     Without a file, multicast scouting is off: peers are named, never guessed on a LAN."""
@@ -42,6 +50,14 @@ def zenoh_config(config: RemoteConfig, *, connect: list[str] | None = None,
         # share it, past the network and its limits (network namespaces included)
         conf.insert_json5("transport/shared_memory/enabled", "false")
     apply_credentials(conf)
+    if publisher:
+        conf.insert_json5("transport/link/tx/queue/congestion_control/drop/"
+                          "max_wait_before_drop_fragments", str(FRAGMENT_WAIT_US))
+        if config.send_buffer:
+            # frames waiting in a socket buffer are frames growing old: the kernel's autotuned
+            # buffer (up to 4 MB) held 3 frames of 720p, 350-560 ms, over 100 Mbit/s
+            for link in ("tcp", "tls"):
+                conf.insert_json5(f"transport/link/{link}/so_sndbuf", str(config.send_buffer))
     listen = listen if listen is not None else config.listen
     connect = connect if connect is not None else config.connect
     if listen:
@@ -70,11 +86,11 @@ def apply_credentials(conf: Any) -> None:
 
 
 def open_session(config: RemoteConfig, *, connect: list[str] | None = None,
-                 listen: list[str] | None = None) -> Any:
+                 listen: list[str] | None = None, publisher: bool = False) -> Any:
     """An open zenoh session; FramebusError with zenoh's reason when it cannot open (a port
     in use, a certificate that cannot be read)."""
     z = import_zenoh()
-    conf = zenoh_config(config, connect=connect, listen=listen)
+    conf = zenoh_config(config, connect=connect, listen=listen, publisher=publisher)
     try:
         return z.open(conf)
     except Exception as exc:

@@ -75,6 +75,9 @@ class RemoteConfig(_Strict):
     metrics_listen: str | None = "127.0.0.1:8471"
     # a remote frame older than this (by the header's capture clock) is dropped on arrival
     max_age: float = Field(1.0, gt=0, le=3600)
+    # the bridge's socket send buffer per link, bytes (0: the kernel's autotuning). Small
+    # keeps frames young on a slow link; a fast long link needs its bandwidth-delay product
+    send_buffer: int = Field(262144, ge=0, le=1 << 30)
 
     @field_validator("listen", "connect")
     @classmethod
