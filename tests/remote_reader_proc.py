@@ -58,8 +58,10 @@ def main() -> None:
     if args.remote:
         from framebus.remote.cli_support import parse_target
         from framebus.remote.consumer import RemoteSubscriber
+        from framebus.remote.session import init_zenoh_log
         from framebus.remote.settings import RemoteConfig
 
+        init_zenoh_log()  # its warnings (a refused link) into this process's log
         host, camera, rendition = parse_target(args.remote)
         config = RemoteConfig(connect=args.connect, zenoh_config=args.zenoh_config)
         reader = RemoteSubscriber(camera, host=host, rendition=rendition, config=config,

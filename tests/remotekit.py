@@ -8,6 +8,7 @@ of one and half of the next, is then visible as two levels (remote_reader_proc.p
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -35,11 +36,14 @@ FLAT = ("lavfi:color=c=black:s=160x90:r=25,geq=lum='mod(N*37\\,256)':cb=128:cr=1
 class Proc:
     """A process (in a host, or here) whose stdout JSON lines are kept in ``lines``."""
 
-    def __init__(self, argv: Sequence[str], host: netns.Host | None, log: Path) -> None:
+    def __init__(self, argv: Sequence[str], host: netns.Host | None, log: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.log = log
         self._log = log.open("wb")
         kwargs: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
                                   "stderr": self._log}
+        if env is not None:
+            kwargs["env"] = {**os.environ, **env}
         self.proc = host.popen(argv, **kwargs) if host else subprocess.Popen(argv, **kwargs)
         self.lines: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._collect, daemon=True)

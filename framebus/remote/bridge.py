@@ -31,7 +31,7 @@ from framebus.errors import ConfigError, FramebusError
 from framebus.remote.daemonlink import DaemonLink
 from framebus.remote.export import Export
 from framebus.remote.mapping import data_key
-from framebus.remote.session import open_session
+from framebus.remote.session import init_zenoh_log, open_session
 from framebus.remote.settings import KEY_PREFIX, RemoteExport, host_name
 from framebus.sdnotify import Notifier
 
@@ -145,6 +145,7 @@ def run_bridge(config_path: Path, host_override: str | None = None) -> int:
     inbox = SignalInbox()
     inbox.install()
     notifier = Notifier()
+    init_zenoh_log()
     session = open_session(config.remote, publisher=True)
     metrics = None
     try:

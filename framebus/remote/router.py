@@ -15,7 +15,7 @@ from pathlib import Path
 
 from framebus.daemon import SignalInbox
 from framebus.errors import ConfigError, FramebusError
-from framebus.remote.session import apply_credentials, import_zenoh
+from framebus.remote.session import apply_credentials, import_zenoh, init_zenoh_log
 from framebus.sdnotify import Notifier
 
 log = logging.getLogger("framebus.router")
@@ -25,6 +25,7 @@ def run_router(config_path: Path | None, listen: list[str]) -> int:
     """Run a router session until SIGTERM/SIGINT (SIGHUP is ignored: zenoh cannot reload a
     TLS config in place; restart the unit). Returns the exit code."""
     z = import_zenoh()
+    init_zenoh_log()
     try:
         conf = z.Config.from_file(str(config_path)) if config_path else z.Config()
     except Exception as exc:

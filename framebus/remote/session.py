@@ -13,6 +13,13 @@ from framebus.errors import ConfigError, FramebusError
 from framebus.remote.settings import RemoteConfig
 
 
+def init_zenoh_log() -> None:
+    """zenoh's own warnings (a refused certificate, a denied peer, a lost link) to stderr,
+    where journald takes them; ``RUST_LOG`` overrides the level. Long-running processes
+    (bridge, router) call this once; library users keep zenoh quiet unless they ask."""
+    import_zenoh().init_log_from_env_or("warn")
+
+
 def import_zenoh() -> Any:
     """The zenoh module, or a FramebusError saying how to install it."""
     try:
