@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from framebus.errors import ConfigError
 from framebus.remote.settings import NAME, RemoteConfig
 
@@ -26,8 +28,9 @@ def remote_config(args: argparse.Namespace) -> RemoteConfig:
     """The :class:`RemoteConfig` the command line describes; ConfigError naming the option."""
     try:
         return RemoteConfig(zenoh_config=args.zenoh_config, connect=args.connect)
-    except ValueError as exc:
-        raise ConfigError(f"--connect: {str(exc).splitlines()[-1].strip()}") from None
+    except ValidationError as exc:  # its last line is a link to pydantic's docs: take the msg
+        reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"--connect: {reason}") from None
 
 
 def is_remote(target: str | Path) -> bool:
@@ -49,8 +52,9 @@ def parse_target(target: str | Path) -> tuple[str | None, str, str | None]:
         host, camera, rendition = parts
     else:
         camera = ""
-    if (not NAME.match(camera) or (host is not None and host != "*" and not NAME.match(host))
-            or (rendition is not None and not NAME.match(rendition))):
+    if (not NAME.fullmatch(camera)
+            or (host is not None and host != "*" and not NAME.fullmatch(host))
+            or (rendition is not None and not NAME.fullmatch(rendition))):
         raise ConfigError(f"{str(target)[:100]!r}: expected zenoh:CAMERA, zenoh:HOST/CAMERA "
                           "or zenoh:HOST/CAMERA/RENDITION (HOST may be *)")
     return (None if host == "*" else host), camera, rendition

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +31,11 @@ from framebus.reading import RESTART, Frame, StreamEvent
 from framebus.remote.mapping import MissCounter, decode_sample, selector
 from framebus.remote.session import open_session
 from framebus.remote.settings import RemoteConfig
-from framebus.wire import StateHeader, decode_state_reason, state_name
+from framebus.wire import PREFIX_LEN, StateHeader, decode_state_reason, state_name
 
-_FLAGS_AT = 16 + 64 + 8 * 4 + 8 + 4 + 4 + 8 + 8 + 1 + 1  # prefix + header up to flags (u16)
+# prefix + header up to flags (u16, little-endian: STATE is in its first byte): camera, seq,
+# epoch, missed, pts, time base, capture and publish clocks, format, capture source
+_FLAGS_AT = PREFIX_LEN + struct.calcsize("<64sQQQqIIqqBB")
 _STATE_FLAG = 4
 _STATES_KEPT = 16
 
@@ -117,6 +120,7 @@ class RemoteCore:
         self.stats = RemoteStats()
         self.states: dict[str, StreamEvent] = {}
         self._misses = MissCounter()
+        self._instance = 0  # the daemon process of the last frame or state taken (0: none)
         self._own_session = session is None
         self._session = session if session is not None else open_session(
             self.config, connect=connect, listen=[])  # remote.listen is the bridge's
@@ -155,8 +159,9 @@ class RemoteCore:
     def _accept(self, kind: str, raw: bytes, payload: Any) -> Frame | None:
         """A sample taken from the ring: a frame to deliver, or None (a state, a dropped or
         invalid sample)."""
-        self.stats.ring_dropped, self._ring.replaced = (
-            self.stats.ring_dropped + self._ring.replaced, 0)
+        with self._ring.cond:  # zenoh's thread adds to it
+            self.stats.ring_dropped, self._ring.replaced = (
+                self.stats.ring_dropped + self._ring.replaced, 0)
         try:
             message = decode_sample(raw, memoryview(payload.to_bytes()))
         except ProtocolError:
@@ -186,10 +191,14 @@ class RemoteCore:
         return Frame(dataclasses.replace(header, missed=missed), message.payload, now)
 
     def _restart_check(self, instance: int, now: int) -> None:
-        last = self._misses.last.get(self.camera)
-        if last is not None and instance and last[0] != instance:
+        # against the last instance seen in a frame *or* a state: a new daemon's STATE before
+        # its first frame is one restart, not one for the state and another for the frame
+        if not instance:
+            return
+        if self._instance and self._instance != instance:
             self.stats.restarts += 1
             self._emit(StreamEvent(RESTART, "", "", 0, 0, instance, now))
+        self._instance = instance
 
     def _emit(self, event: StreamEvent) -> None:
         if self.on_event is not None:

@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from framebus.errors import ProtocolError
-from framebus.remote.settings import KEY_PREFIX
+from framebus.remote.settings import KEY_PREFIX, NAME
 from framebus.wire import (
     DEFAULT_MAX_PAYLOAD_LEN,
     PREFIX_LEN,
@@ -49,10 +49,11 @@ def selector(camera: str, host: str | None = None, rendition: str | None = None)
 
 
 def split_key(key: str) -> tuple[str, str, str]:
-    """``(host, camera, rendition)`` of a data key; ProtocolError for anything else."""
+    """``(host, camera, rendition)`` of a data key; ProtocolError for anything else (a
+    wildcard, a chunk that is not a name)."""
     parts = key.split("/")
-    if len(parts) != 4 or parts[0] != KEY_PREFIX or not all(parts):
-        raise ProtocolError(f"not a framebus data key: {key!r}")
+    if len(parts) != 4 or parts[0] != KEY_PREFIX or not all(map(NAME.fullmatch, parts[1:])):
+        raise ProtocolError(f"not a framebus data key: {key[:100]!r}")
     return parts[1], parts[2], parts[3]
 
 

@@ -83,7 +83,7 @@ class RemoteConfig(_Strict):
     @classmethod
     def _endpoints(cls, endpoints: list[str]) -> list[str]:
         for endpoint in endpoints:
-            if not _ENDPOINT.match(endpoint):
+            if not _ENDPOINT.fullmatch(endpoint):  # fullmatch: '$' lets a trailing newline by
                 raise ValueError(f"expected zenoh endpoints like 'tcp/10.0.0.5:7447' or "
                                  f"'tls/router:7447', got {endpoint!r}")
         return endpoints
@@ -107,7 +107,7 @@ ZENOH_URL = re.compile(r"^zenoh:(?P<host>\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/"
 
 def check_zenoh_url(url: str) -> str:
     """``zenoh:<host or *>/<camera>/<rendition>``: a camera exported by a framebus bridge."""
-    if not ZENOH_URL.match(url):
+    if not ZENOH_URL.fullmatch(url):
         raise ValueError("expected zenoh:<host or *>/<camera>/<rendition>, e.g. "
                          "zenoh:*/lobby/nv12-1280x720")
     return url
@@ -116,7 +116,7 @@ def check_zenoh_url(url: str) -> str:
 def host_name(config: RemoteConfig, override: str | None = None) -> str:
     """This host's name in keys: ``--host``, ``remote.host``, else the short hostname."""
     name = override or config.host or socket.gethostname().split(".")[0]
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ConfigError(f"remote.host: {name!r} is not usable in a key (1-64 of A-Z a-z 0-9 "
                           "_ . - starting with a letter or digit): set remote.host or --host")
     return name

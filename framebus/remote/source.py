@@ -35,7 +35,7 @@ def stream_remote(url: str, config: RemoteConfig, running: Callable[[], bool],
     """Deliver frames of ``url`` to ``publish`` while ``running()``; NoFrames when the first
     one does not come in time. Errors of the zenoh session (FramebusError) propagate, for the
     camera's backoff."""
-    match = ZENOH_URL.match(url)
+    match = ZENOH_URL.fullmatch(url)
     if match is None:  # config validation refuses these first
         raise ValueError("expected zenoh:<host or *>/<camera>/<rendition>")
     host = None if match["host"] == "*" else match["host"]
