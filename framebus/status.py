@@ -32,7 +32,8 @@ def fetch(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _age(value: object) -> str:
+def age_text(value: object) -> str:
+    """A frame age for a table: ``1.2s``, ``-`` when there is none."""
     return "-" if value is None else f"{float(value):.1f}s"  # type: ignore[arg-type]
 
 
@@ -44,8 +45,8 @@ def render(data: dict[str, Any], out: TextIO) -> None:
         reconnects = sum(cam["reconnects"].values())
         reason = "" if cam["state"] == "streaming" else cam["reason"]
         rows.append((cam["name"], cam["state"], f"{cam['fps']:.1f}", size,
-                     cam["codec"] or "-", _age(cam["frame_age_s"]), str(reconnects), reason))
-    _table(rows, out)
+                     cam["codec"] or "-", age_text(cam["frame_age_s"]), str(reconnects), reason))
+    write_table(rows, out)
     out.write("\n")
     subs = [("SUBSCRIBER", "CAMERA", "TRANSPORT", "FORMAT", "CONNECTED", "SENT", "DROPPED",
              "ERROR")]
@@ -55,10 +56,11 @@ def render(data: dict[str, Any], out: TextIO) -> None:
         subs.append((sub["name"], camera, sub["transport"], sub["format"],
                      "yes" if sub["connected"] else "no", str(sub.get("frames_sent", 0)),
                      str(dropped), sub.get("error") or ""))
-    _table(subs, out)
+    write_table(subs, out)
 
 
-def _table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+def write_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+    """Rows as left-aligned columns (the first row is the heading)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))

@@ -30,6 +30,7 @@ from framebus.daemon import SignalInbox
 from framebus.errors import ConfigError, FramebusError
 from framebus.remote.daemonlink import DaemonLink
 from framebus.remote.export import Export
+from framebus.remote.gate import QueryGate
 from framebus.remote.mapping import data_key
 from framebus.remote.session import init_zenoh_log, open_session
 from framebus.remote.settings import KEY_PREFIX, RemoteExport, host_name
@@ -59,8 +60,8 @@ class Bridge:
         self.wake = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bridge-query")
         self.exports: dict[tuple[str, RemoteExport], Export] = {}
-        self._status_lock = threading.Lock()
-        self._status_pending = 0
+        self._status_gate = QueryGate(self.pool, MAX_STATUS_PENDING,
+                                      "busy: too many status queries waiting")
         self._token = session.liveliness().declare_token(f"{KEY_PREFIX}/{host}")
         self._status = session.declare_queryable(f"{KEY_PREFIX}/{host}/{STATUS_KEY}",
                                                  self._on_status)
@@ -115,27 +116,12 @@ class Bridge:
                             for e in self.exports.values()]}
 
     def _on_status(self, query: Any) -> None:
-        """zenoh's callback thread: at most MAX_STATUS_PENDING answers wait in the pool (each
-        asks the daemon); more are refused at once, so a flood costs no threads or memory."""
-        with self._status_lock:
-            if self._status_pending >= MAX_STATUS_PENDING:
-                query.reply_err("busy: too many status queries waiting")
-                return
-            self._status_pending += 1
-        try:
-            self.pool.submit(self._answer_status, query)
-        except RuntimeError:  # the pool is shutting down
-            with self._status_lock:
-                self._status_pending -= 1
+        """zenoh's callback thread: answered in the pool (each asks the daemon), at most
+        MAX_STATUS_PENDING waiting."""
+        self._status_gate.submit(query, self._answer_status)
 
     def _answer_status(self, query: Any) -> None:
-        try:
-            query.reply(f"{KEY_PREFIX}/{self.host}/{STATUS_KEY}",
-                        json.dumps(self.status()).encode())
-        finally:
-            with self._status_lock:
-                self._status_pending -= 1
-            query.drop()
+        query.reply(f"{KEY_PREFIX}/{self.host}/{STATUS_KEY}", json.dumps(self.status()).encode())
 
 
 def run_bridge(config_path: Path, host_override: str | None = None) -> int:

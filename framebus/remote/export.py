@@ -30,6 +30,7 @@ from framebus.client import FrameRequestError, Subscriber
 from framebus.errors import FramebusError, ProtocolError
 from framebus.reading import RESTART, Frame, StreamEvent
 from framebus.remote.daemonlink import DaemonLink
+from framebus.remote.gate import QueryGate
 from framebus.remote.mapping import data_key, frame_attachment, state_sample
 from framebus.remote.session import import_zenoh
 from framebus.remote.settings import RemoteExport
@@ -86,9 +87,8 @@ class Export:
         self.stats = ExportStats()
         self.last: Published | None = None
         self._last_capture_ns = 0
-        self._pool = pool
-        self._pending = 0
-        self._lock = threading.Lock()
+        self._gate = QueryGate(pool, MAX_PENDING_QUERIES,
+                               "busy: too many queries waiting for this export")
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._failures = 0
@@ -216,17 +216,8 @@ class Export:
 
     def _on_query(self, query: Any) -> None:
         """zenoh's callback thread: hand the query to the pool, or refuse it when full."""
-        with self._lock:
-            if self._pending >= MAX_PENDING_QUERIES:
-                self.stats.queries["busy"] += 1
-                query.reply_err("busy: too many queries waiting for this export")
-                return
-            self._pending += 1
-        try:
-            self._pool.submit(self._answer, query)
-        except RuntimeError:  # the pool is shutting down
-            with self._lock:
-                self._pending -= 1
+        if not self._gate.submit(query, self._answer):
+            self.stats.queries["busy"] += 1
 
     def _answer(self, query: Any) -> None:
         try:
@@ -234,10 +225,6 @@ class Export:
         except Exception as exc:  # every query gets an answer, never a stuck caller
             outcome = "error"
             query.reply_err(f"bridge error: {type(exc).__name__}")
-        finally:
-            with self._lock:
-                self._pending -= 1
-            query.drop()
         self.stats.queries[outcome] += 1
 
     def _reply(self, query: Any) -> str:

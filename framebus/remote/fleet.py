@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from framebus.errors import FramebusError
 from framebus.remote.settings import KEY_PREFIX
-from framebus.status import EXIT_DEGRADED, _age, _table
+from framebus.status import EXIT_DEGRADED, age_text, write_table
 
 MAX_STATUS_BYTES = 4 << 20  # a status reply larger than this is not read
 MAX_HOSTS = 4096
@@ -89,9 +89,9 @@ def render(data: dict[str, Any], out: TextIO) -> None:
             size = f"{cam['width']}x{cam['height']}" if cam.get("width") else "-"
             reason = "" if cam["state"] == "streaming" else str(cam.get("reason") or "")
             rows.append((host["host"], cam["name"], cam["state"], f"{cam['fps'] or 0:.1f}",
-                         size, _age(cam.get("frame_age_s")),
+                         size, age_text(cam.get("frame_age_s")),
                          ",".join(exports.get(cam["name"], [])) or "-", reason))
-    _table(rows, out)
+    write_table(rows, out)
 
 
 def fleet_status(session: Any, timeout: float, as_json: bool, out: TextIO) -> int:
