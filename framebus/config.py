@@ -42,7 +42,7 @@ from framebus.urls import find_credentials
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" took "a\n"
 # what a URL with credentials is told (README: Configuration and systemd)
 CREDENTIALS_GO_ELSEWHERE = ("give the camera username: and one of password_credential: (a "
                             "systemd credential), password_file:, password_env: or password:")
@@ -277,7 +277,7 @@ class Config(_Strict):
         cls, subscribers: dict[str, SubscriberConfig]
     ) -> dict[str, SubscriberConfig]:
         for name in subscribers:
-            if not CAMERA_NAME.match(name):
+            if not CAMERA_NAME.fullmatch(name):
                 raise ValueError(f"subscriber name {name!r} must be 1-64 of A-Z a-z 0-9 _ . - "
                                  "and start with a letter or digit")
         return subscribers
@@ -299,7 +299,7 @@ class Config(_Strict):
     @classmethod
     def _camera_names(cls, cameras: dict[str, CameraConfig]) -> dict[str, CameraConfig]:
         for name in cameras:
-            if not CAMERA_NAME.match(name):
+            if not CAMERA_NAME.fullmatch(name):
                 raise ValueError(f"camera name {name!r} must be 1-64 of A-Z a-z 0-9 _ . - "
                                  "and start with a letter or digit")
         return cameras

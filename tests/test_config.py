@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from framebus.config import load_config, parse_config, parse_duration, resolve_passwords
 from framebus.errors import ConfigError
@@ -203,3 +205,15 @@ def test_urls_are_shown_with_credential_query_values_redacted() -> None:
     assert redact_url("rtsp://u:p@h:554/x?channel=1&password=hunter2") == (
         "rtsp://h:554/x?channel=1&password=REDACTED")
     assert redact_url("rtsp://h/x?subtype=0") == "rtsp://h/x?subtype=0"
+
+
+@pytest.mark.parametrize("kind", ["cameras", "subscribers"])
+def test_names_with_a_trailing_newline_are_refused(kind: str) -> None:
+    # a regex ending in "$" matches before a final newline; names go into paths and keys
+    data: dict[str, Any] = {"cameras": {"front": {"url": "rtsp://h/x"}}}
+    if kind == "cameras":
+        data["cameras"]["front\n"] = {"url": "rtsp://h/y"}
+    else:
+        data["subscribers"] = {"s\n": {"camera": "front"}}
+    with pytest.raises(ConfigError, match="must be 1-64 of"):
+        parse_config(yaml.safe_load(yaml.safe_dump(data)))  # as a file would give it

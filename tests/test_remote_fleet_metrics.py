@@ -173,7 +173,7 @@ def scrape(bridge: FakeBridge) -> tuple[str, dict[tuple[str, tuple[tuple[str, st
 def test_remote_collector_reports_every_series_of_every_export() -> None:
     lobby = ExportStats(puts=10, bytes=13_824_000, put_seconds=0.25, subscriptions=2)
     lobby.dropped.update({"upstream": 3, "max_fps": 40})
-    lobby.queries.update({"cached": 5, "busy": 1})
+    lobby.queries.update({"cached": 5, "busy": 1, "no_frame": 2, "Bad Word!": 1})
     yard = ExportStats()
     bridge = FakeBridge({"a": FakeExport("lobby", "nv12-1280x720", True, lobby),
                          "b": FakeExport("yard", "preview", False, yard)})
@@ -197,7 +197,11 @@ def test_remote_collector_reports_every_series_of_every_export() -> None:
             assert values[key] == stats.queries[outcome]
     assert values[("framebus_remote_dropped_total", tuple(sorted((*a, ("reason", "max_fps")))))
                   ] == 40
-    assert len(values) == 2 + 2 * (4 + len(DROP_REASONS) + len(QUERY_OUTCOMES))
+    # the daemon's refusals are outcomes too; anything not a plain word never becomes a label
+    assert values[("framebus_remote_queries_total", tuple(sorted((*a, ("outcome", "no_frame")))))
+                  ] == 2
+    assert "Bad Word" not in text
+    assert len(values) == 2 + 2 * (4 + len(DROP_REASONS) + len(QUERY_OUTCOMES)) + 1
     lobby.puts += 1  # read at scrape time, not copied once
     assert scrape(bridge)[1][("framebus_remote_puts_total", a)] == 11
     promtool = shutil.which("promtool")

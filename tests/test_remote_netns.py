@@ -313,6 +313,24 @@ def test_a_daemon_restart_shows_remote_consumers_a_new_instance(site: Site) -> N
     wait_frames(gen, 10, 40, "frames before the restart")
     old = gen.frames()[-1]["instance"]
     site.procs["daemon"].stop(signal.SIGTERM)
+    # with the daemon gone, "newest frame now" must stop answering with its last frame
+    # (the bridge's cache) once the bridge has seen its subscription end
+    code = f"""
+import json, time
+from framebus.remote import request_remote_frame
+deadline = time.monotonic() + 10
+answer = "cached frame kept"
+while time.monotonic() < deadline:
+    try:
+        request_remote_frame("gen", host="camhost", rendition="nv12",
+                             connect=["{site.router}"], timeout=1)
+    except Exception as exc:
+        answer = type(exc).__name__
+        break
+    time.sleep(0.2)
+print(json.dumps(answer))
+"""
+    assert json.loads(host_python(site.gpu, code)) in ("FrameRequestError", "TimeoutError")
     site.start("daemon", site.cam, "run", "-c", str(site.cam_config))
     wait_frames(gen, 10, 90, "frames from the new daemon",
                 where=lambda f: f["instance"] != old)

@@ -66,12 +66,12 @@ class Published:
 
 
 def subscription_name(host: str, camera: str, rendition: str) -> str:
-    """The daemon-side name of an export's subscription: readable, unique, within 64 chars."""
-    name = f"bridge-{host}-{camera}-{rendition}"
-    if len(name) <= 64:
-        return name
-    digest = hashlib.sha256(f"{host}/{camera}/{rendition}".encode()).hexdigest()[:12]
-    return f"bridge-{digest}"
+    """The daemon-side name of an export's subscription: readable, unique, within 64 chars.
+    Names may contain '-', so the readable part alone is ambiguous (``lobby-east``/``nv12``
+    and ``lobby``/``east-nv12``): a digest of the exact triple always follows it."""
+    digest = hashlib.sha256(f"{host}/{camera}/{rendition}".encode()).hexdigest()
+    name = f"bridge-{host}-{camera}-{rendition}-{digest[:8]}"
+    return name if len(name) <= 64 else f"bridge-{digest[:16]}"
 
 
 class Export:
@@ -153,6 +153,9 @@ class Export:
         except (FramebusError, ProtocolError, OSError) as exc:
             ended = str(exc)
         finally:
+            # the cached frame answers queries only while this subscription keeps it the
+            # newest: a stopped export or a restarted daemon must not serve it later
+            self.last = None
             with contextlib.suppress(FramebusError, OSError):
                 self.link.unsubscribe(self.name)
         if stop.is_set():

@@ -19,6 +19,7 @@ the config (never a URL, so never a credential).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -35,7 +36,10 @@ if TYPE_CHECKING:
     from framebus.remote.bridge import Bridge
 
 DROP_REASONS = ("upstream", "max_fps", "overwritten")
+# the daemon's refusals (no_frame, frame_too_old, ...) add their own outcomes: a word each,
+# from the daemon (trusted), so the label set stays small
 QUERY_OUTCOMES = ("cached", "daemon", "busy", "bad_request", "unavailable", "error")
+_OUTCOME = re.compile(r"[a-z_]{1,32}")
 LABELS = ["camera", "rendition"]
 
 
@@ -77,7 +81,8 @@ class RemoteCollector(Collector):
             blocked.add_metric(labels, stats.put_seconds)
             for reason in DROP_REASONS:
                 dropped.add_metric([*labels, reason], stats.dropped[reason])
-            for outcome in QUERY_OUTCOMES:
+            outcomes = {*QUERY_OUTCOMES, *filter(_OUTCOME.fullmatch, stats.queries)}
+            for outcome in sorted(outcomes):
                 queries.add_metric([*labels, outcome], stats.queries[outcome])
         yield from (up, count, matching, puts, sent, blocked, dropped, queries)
 
