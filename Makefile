@@ -41,7 +41,7 @@ screenshot: setup
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
 
-# `make bench` runs every benchmark (about 7 minutes on 2 cores; each is bounded in time),
+# `make bench` runs every benchmark (about 9 minutes on 2 cores; each is bounded in time),
 # `make bench BENCH=fanout` one of them; BENCH_ARGS=--profile adds py-spy profiles of the
 # fan-out and daemon hot paths (pip install py-spy). See README, "Benchmarks".
 BENCH ?=

@@ -162,6 +162,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def sched_seconds(pid: int) -> float:
+    """CPU seconds of a process's live threads so far, in nanoseconds' resolution
+    (``/proc/PID/task/*/schedstat``): what cpu_seconds counts in 10 ms ticks, for processes
+    that use a few percent of a core, where ticks are too coarse to compare."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as stat:
+                    total += int(stat.read().split()[0])
+            except FileNotFoundError:
+                continue
+    return total / 1e9
+
+
 def thread_times(pid: int) -> dict[int, tuple[float, float]]:
     """Per thread id: (user, system) CPU seconds so far."""
     times: dict[int, tuple[float, float]] = {}
@@ -297,9 +312,12 @@ class Recorder:
     """
 
     def __init__(self, children: Children, name: str, args: Sequence[str],
-                 stdin: int | IO[bytes] | None = subprocess.DEVNULL) -> None:
+                 stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+                 module: str = "bench.procs", prefix: Sequence[str] = ()) -> None:
+        """``prefix`` goes before the command (e.g. ``ip netns exec NS``, which execs, so the
+        pid and the signals are the child's own)."""
         self.name = name
-        self.proc = children.popen([sys.executable, "-m", "bench.procs", *args],
+        self.proc = children.popen([*prefix, sys.executable, "-m", module, *args],
                                    stdin=stdin, stdout=subprocess.PIPE, text=True)
         self.first = threading.Event()
         self.done = threading.Event()

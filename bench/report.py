@@ -77,7 +77,7 @@ def _num(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
-ORDER = ("fanout", "latency", "decode", "serve_many", "idle", "scale", "slow_reader")
+ORDER = ("fanout", "latency", "decode", "serve_many", "idle", "scale", "slow_reader", "remote")
 
 
 def readme_table(data: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ from bench.report import ORDER, machine, plots, save_results, update_readme
 
 LIMIT_S = 120
 MODULES = {name: f"bench.{name}" for name in ORDER}
-ALIASES = {"serve": "serve_many", "slow": "slow_reader", "throughput": "fanout"}
+ALIASES = {"serve": "serve_many", "slow": "slow_reader", "throughput": "fanout", "zenoh": "remote"}
 
 
 class BenchTimeout(Exception):
