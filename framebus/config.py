@@ -42,7 +42,9 @@ from framebus.urls import find_credentials
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" took "a\n"
+# the pattern is OpenAPI's too (ECMA "$" is the end); Python's "$" also matches before a
+# final newline, so Python checks use fullmatch
+CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # what a URL with credentials is told (README: Configuration and systemd)
 CREDENTIALS_GO_ELSEWHERE = ("give the camera username: and one of password_credential: (a "
                             "systemd credential), password_file:, password_env: or password:")
