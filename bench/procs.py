@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 
@@ -61,6 +62,20 @@ class Log:
 
 def _stop(_signum: int, _frame: FrameType | None) -> None:
     raise Stop
+
+
+def run_recorded(work: Callable[[Log], None]) -> int:
+    """Run ``work`` until it ends or SIGUSR1 arrives, then print its samples (exit code 0)."""
+    log = Log()
+    signal.signal(signal.SIGUSR1, _stop)
+    try:
+        work(log)
+    except Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    log.dump()
+    return 0
 
 
 def read_framebus(path: str, log: Log) -> None:
@@ -219,10 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     dec.add_argument("--loop", action="store_true")
     args = parser.parse_args(argv)
 
-    log = Log()
-    signal.signal(signal.SIGUSR1, _stop)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    try:
+
+    def work(log: Log) -> None:
         if args.kind == "fb":
             read_framebus(args.path, log)
         elif args.kind == "raw":
@@ -235,12 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             read_zmq(args.endpoint, args.hwm, log)
         else:
             decode(args.url, args.bgr, args.threads, args.loop, log)
-    except Stop:
-        pass
-    finally:
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    log.dump()
-    return 0
+
+    return run_recorded(work)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ clock at the consumer minus the frame's capture wall clock (the namespaces share
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.procs import Log, Stop, _stop
+from bench.procs import Log, run_recorded
 
 BARE_KEY = "bench/bare"
 ATTACHMENT = bytes(256)  # about the bridge's attachment (prefix + header)
@@ -188,9 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     zen.add_argument("endpoint")
     args = parser.parse_args(argv)
 
-    log = Log()
-    signal.signal(signal.SIGUSR1, _stop)
-    try:
+
+    def work(log: Log) -> None:
         if args.kind == "remote":
             remote(args.target, args.connect, args.sleep, log)
         elif args.kind == "zmq-pub":
@@ -201,12 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             zenoh_put(args.endpoint, args.source, args.fps, log)
         else:
             zenoh_sub(args.endpoint, log)
-    except Stop:
-        pass
-    finally:
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    log.dump()
-    return 0
+
+    return run_recorded(work)
 
 
 if __name__ == "__main__":
