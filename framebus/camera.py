@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from framebus.backoff import Backoff, BackoffPolicy
 from framebus.config import CameraConfig
 from framebus.errors import FramebusError
-from framebus.failures import describe_error, failure_reason, unresolvable
+from framebus.failures import describe_error, failure_reason, human_reason
 from framebus.opening import decoder_options, open_options
 from framebus.remote.settings import RemoteConfig
 from framebus.store import LatestFrameStore, StoredFrame
@@ -258,7 +258,8 @@ class Camera:
             raise
         except av.error.HTTPUnauthorizedError as exc:
             self.stats.reconnects["auth_failed"] += 1
-            return self._fail(generation, CameraState.AUTH_FAILED, describe_error(exc), auth=True)
+            return self._fail(generation, CameraState.AUTH_FAILED,
+                              human_reason(exc, self.config.url), auth=True, exc=exc)
         except _Unsupported as exc:
             reason = "too_large" if isinstance(exc, _TooLarge) else "unsupported"
             self.stats.reconnects[reason] += 1
@@ -267,7 +268,7 @@ class Camera:
             timed_out = not opened and time.monotonic() - opening >= cfg.open_timeout
             self.stats.reconnects[failure_reason(exc, timed_out)] += 1
             return self._fail(generation, CameraState.BACKOFF,
-                              unresolvable(self.config.url, exc) or describe_error(exc))
+                              human_reason(exc, self.config.url, timed_out), exc=exc)
         finally:
             if container is not None:
                 container.close()
@@ -403,14 +404,15 @@ class Camera:
             capture_time_ns=capture_ns, capture_source=source, keyframe=bool(frame.key_frame),
         ))
 
-    def _fail(self, generation: int, state: CameraState, reason: str, auth: bool = False) -> float:
+    def _fail(self, generation: int, state: CameraState, reason: str, auth: bool = False,
+              exc: BaseException | None = None) -> float:
         if not self._current(generation):
             raise _Abandoned  # an abandoned thread must not touch the state
         delay = self._backoff.next_delay(time.monotonic(), auth_failed=auth)
-        self._set_state(state, reason)
+        self._set_state(state, reason, "" if exc is None else describe_error(exc))
         return delay
 
-    def _set_state(self, state: CameraState, reason: str) -> None:
+    def _set_state(self, state: CameraState, reason: str, error: str = "") -> None:
         """Record a transition; log it once (a retry that fails the same way logs nothing)."""
         if state is not self.state:
             self.stats.state_since_mono = time.monotonic()
@@ -425,8 +427,10 @@ class Camera:
         self._last_logged = (state, reason)
         level = logging.INFO if state in (CameraState.STREAMING, CameraState.STOPPED,
                                            CameraState.CONNECTING) else logging.WARNING
-        log.log(level, "camera %s: %s (%s) [%s]", self.name, state.value, reason,
-                redact_url(self.config.url), extra={"CAMERA": self.name})
+        # the person reads the reason; whoever debugs gets the exception behind it too
+        log.log(level, "camera %s: %s (%s)%s [%s]", self.name, state.value, reason,
+                f" [{error}]" if error else "", redact_url(self.config.url),
+                extra={"CAMERA": self.name})
 
 
 class CameraSet:

@@ -1,6 +1,7 @@
 """How a camera's trouble is named outside its thread: the reconnect reasons (a metric label
 dashboards and alerts depend on), the classification of an exception into one, and a
-description safe to log (no URL, so no credentials)."""
+description safe to log (no URL, so no credentials), and a reason a person can act on (the
+camera's state reason in status, the API and STATE messages: no exception names)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,69 @@ def failure_reason(exc: BaseException, timed_out: bool = False) -> str:
                   | av.error.PatchWelcomeError):
         return "protocol"
     return "error"
+
+
+_RTSP_STATUS = (  # the answers a camera gives that we name (PyAV class -> what it means)
+    (av.error.HTTPForbiddenError, "the camera forbids this stream to this user (RTSP 403)"),
+    (av.error.HTTPBadRequestError, "the camera rejected the request as malformed (RTSP 400)"),
+    (av.error.HTTPServerError, "the camera reported an internal error (RTSP 5xx)"),
+    (av.error.HTTPError, "the camera refused the request (RTSP 4xx)"),
+)
+_ERRNO_TEXT = {
+    errno.ENETUNREACH: "network unreachable: no route to {where}",
+    errno.EHOSTUNREACH: "host unreachable: {where}",
+    errno.ECONNRESET: "connection reset by {where}",
+    errno.EACCES: "permission denied: {where}",
+}
+
+
+def where_of(url: str) -> str:
+    """What a reason names as the source: ``host:port`` of a network URL (never its user or
+    password, though config refuses those in URLs anyway), else the file path or filter."""
+    parts = urlsplit(url)
+    if parts.scheme in ("rtsp", "rtsps") and parts.hostname:
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return f"{host}:{port or (322 if parts.scheme == 'rtsps' else 554)}"
+    return url.removeprefix("file:")
+
+
+def human_reason(exc: BaseException, url: str, timed_out: bool = False) -> str:
+    """Why an open or read failed, said for a person ("connection refused by 192.0.2.10:554",
+    "the camera has no stream at this path (RTSP 404)"); ``describe_error`` keeps the
+    exception for the log. Names host and port at most: never credentials."""
+    where = where_of(url)
+    network = urlsplit(url).scheme in ("rtsp", "rtsps")
+    if isinstance(exc, av.error.HTTPUnauthorizedError):
+        return ("authentication failed: the camera refused the username and password "
+                "(RTSP 401; check username: and the password source)")
+    resolved = unresolvable(url, exc)
+    if resolved is not None:
+        return resolved
+    kind = failure_reason(exc, timed_out)
+    if kind == "not_found":
+        return ("the camera has no stream at this path (RTSP 404)" if network
+                else f"no such file: {where}")
+    if kind == "refused":
+        return (f"connection refused by {where} (nothing listens there: is the camera on "
+                "and the port right?)")
+    if kind == "timeout":
+        return f"no answer from {where} in time (timed out)"
+    for cls, text in _RTSP_STATUS:
+        if isinstance(exc, cls):
+            return text
+    if isinstance(exc, av.error.InvalidDataError):
+        return f"{where} answered, but not with a stream framebus can read (invalid data)"
+    code = getattr(exc, "errno", None)
+    if code in _ERRNO_TEXT:
+        return _ERRNO_TEXT[code].format(where=where)
+    error = str(getattr(exc, "strerror", None) or "")  # errno text, never the filename (URL)
+    if not error:
+        return "unexpected error (see the log)"
+    return f"{error[:1].lower()}{error[1:]} ({where})"
 
 
 def describe_error(exc: BaseException) -> str:
