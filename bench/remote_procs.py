@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -102,7 +102,7 @@ def zmq_sub(endpoint: str, sleep: float, log: Log) -> None:
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     try:
         while True:
-            meta: dict[str, Any] = sock.recv_json()  # type: ignore[assignment]
+            meta = cast("dict[str, Any]", sock.recv_json())  # pyzmq types it as a JSON union
             data = sock.recv(copy=False)
             np.frombuffer(data.buffer, dtype=meta["dtype"]).reshape(meta["shape"])
             log.add(time.monotonic_ns(), meta["seq"], time.time_ns() - meta["t"],
