@@ -159,10 +159,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         setup_logging(args.log_level)
         return run_router(args.zenoh_config, args.listen)
     if args.command == "check-config":
-        from framebus.config import check_passwords, load_config
+        from framebus.configcheck import check_file
 
-        config = load_config(args.config)
-        for warning in check_passwords(config):
+        config, warnings = check_file(args.config)
+        for warning in warnings:
             print(f"framebus: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: ok ({len(config.cameras)} cameras)")
         return EXIT_OK

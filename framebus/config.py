@@ -27,8 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
+from framebus.configcheck import validation_error
 from framebus.errors import ConfigError
 from framebus.remote.settings import (
     NAME,
@@ -333,24 +333,8 @@ def resolve_password(camera: CameraConfig, name: str) -> SecretStr | None:
     return None
 
 
-def _describe(error: ErrorDetails) -> str:
-    path = ".".join(str(part) for part in error["loc"])
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"{path}: unknown key"
-    if kind == "missing":
-        return f"{path}: required key is missing"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    value = error.get("input")
-    secret = any(word in str(part) for part in error["loc"]
-                 for word in ("password", "url", "token", "secret"))
-    if kind != "value_error" and not secret and isinstance(value, str | int | float | bool):
-        message += f", got {value!r}"
-    return f"{path}: {message}" if path else message
-
-
 def parse_config(data: object, source: str = "config") -> Config:
-    """Validate already-parsed YAML data; raise ConfigError naming the first bad key."""
+    """Validate already-parsed YAML data; raise ConfigError naming every bad key."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -358,9 +342,7 @@ def parse_config(data: object, source: str = "config") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: {_describe(errors[0])}{extra}") from None
+        raise validation_error(exc, Config, source) from None
     return config
 
 
@@ -401,27 +383,6 @@ def for_host(config: Config, override: str | None = None) -> Config:
         else:  # "*": every camera this host runs
             subscribers[name] = sub
     return config.model_copy(update={"cameras": cameras, "subscribers": subscribers})
-
-
-def check_passwords(config: Config, environ: dict[str, str] | None = None) -> list[str]:
-    """For ``framebus check-config``: resolve every password that can be resolved here and
-    return warnings for those that can only be checked where the service runs (a systemd
-    credential without $CREDENTIALS_DIRECTORY, an unset environment variable); a file that
-    cannot be read is still an error (ConfigError)."""
-    env = os.environ if environ is None else environ
-    warnings = []
-    for name, camera in config.cameras.items():
-        where = f"cameras.{name}"
-        if camera.password_credential is not None and not env.get("CREDENTIALS_DIRECTORY"):
-            warnings.append(f"{where}.password_credential: not checked: $CREDENTIALS_DIRECTORY "
-                            "is not set here (systemd sets it from LoadCredential=; set it to a "
-                            "directory holding the files to check them)")
-        elif camera.password_env is not None and camera.password_env not in env:
-            warnings.append(f"{where}.password_env: not checked: {camera.password_env} is not "
-                            "set here (it must be in the service's environment)")
-        else:
-            resolve_password(camera, name)
-    return warnings
 
 
 def resolve_passwords(config: Config) -> dict[str, SecretStr | None]:

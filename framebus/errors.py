@@ -12,7 +12,13 @@ class FramebusError(Exception):
 
 
 class ConfigError(FramebusError):
-    """The configuration file is missing, unreadable or invalid (message names the key path)."""
+    """The configuration file is missing, unreadable or invalid (message names the key path).
+
+    ``problems`` lists each problem on its own (the message holds them all, on one line)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else [message]
 
 
 class ProtocolError(FramebusError):
