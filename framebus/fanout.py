@@ -292,7 +292,8 @@ class FanoutLoop:
                 ledger.advance(written)
             if outbox.wrote(written) and (done := outbox.last_completed) is not None:
                 if not isinstance(done, StateSending):
-                    sub.latency.observe((time.monotonic_ns() - done.publish_mono_ns) / 1e9)
+                    sub.observe_latency(done.encoded.header.camera,
+                                        (time.monotonic_ns() - done.publish_mono_ns) / 1e9)
                 if ledger is not None:
                     ledger.record(sub.message_start, done)  # its pin travels with the ledger
         if sub.retiring and not outbox.has_bytes:

@@ -12,8 +12,12 @@ failure reason), each HTTP route its duration histogram. ``rate()`` and ``increa
 see the first increment instead of a series appearing already at 1.
 
 A subscriber's series are bounded whatever the number of cameras it reads: per camera up to
-``PER_CAMERA_MAX`` cameras, beyond that one series summed over them, ``camera="*"``. The
-scrape itself runs off the event loop (scrape.py).
+``PER_CAMERA_MAX`` cameras, beyond that one series summed over them, ``camera="*"``. A
+``camera`` label always names one camera (or ``*``), so joins on it work for multi-camera
+subscribers: what belongs to the FIFO itself (reader connected, disconnects, info) is repeated
+for each of its cameras. Conversions are labelled by the renditions subscribers want now,
+each there at 0 from its first subscriber: their series do not grow with every size ever
+asked. The scrape itself runs off the event loop (scrape.py).
 """
 
 from __future__ import annotations
@@ -121,9 +125,12 @@ class FramebusCollector(Collector):
         # empty side is "native" (both empty) or "from the aspect ratio" (one empty), and a side
         # larger than the camera's is never upscaled. The output size follows the camera's and
         # may change mid-stream: as a label it would start new series; it is in frame headers.
+        # Only renditions some subscriber wants now have a series (store.conversions): one a
+        # subscription asked goes with it (its count resets if asked again), so the label
+        # values are bounded by the subscriptions of now, never by every size ever asked.
         conversions = CounterMetricFamily(
-            "framebus_conversions", "Frame conversions to a (format, size) rendition; an empty "
-            "width or height: native, or from the aspect ratio",
+            "framebus_conversions", "Frame conversions to a (format, size) rendition that "
+            "subscribers want now; an empty width or height: native, or from the aspect ratio",
             labels=["camera", "format", "width", "height", "quality"])
         for (camera, rendition), count in list(self.daemon.store.conversions.items()):
             quality = str(rendition.quality) if rendition.format is PixelFormat.JPEG else ""
@@ -237,15 +244,24 @@ class FramebusCollector(Collector):
                                       "Frames not sent, by reason",
                                       labels=["subscriber", "camera", "reason"])
         sent_bytes = CounterMetricFamily("framebus_subscriber_sent_bytes",
-                                         "Bytes written to the FIFO", labels=labels)
-        connected = GaugeMetricFamily("framebus_subscriber_connected",
-                                      "1 while a reader has the FIFO open", labels=labels)
-        disconnects = CounterMetricFamily("framebus_subscriber_disconnects",
-                                          "Readers that left", labels=labels)
+                                         "Bytes written to the FIFO: headers and payloads "
+                                         "(fifo), headers only (shm)", labels=labels)
+        payload_bytes = CounterMetricFamily("framebus_subscriber_payload_bytes",
+                                            "Frame payload bytes delivered: written to the FIFO "
+                                            "(fifo) or in the shm slot the header names (shm)",
+                                            labels=labels)
+        # the FIFO's own, once per camera it carries (the same value) so joins on camera work
+        connected = GaugeMetricFamily("framebus_subscriber_connected", "1 while a reader has "
+                                      "the FIFO (carrying the camera's frames) open",
+                                      labels=labels)
+        disconnects = CounterMetricFamily("framebus_subscriber_disconnects", "Readers of the "
+                                          "FIFO (carrying the camera's frames) that left",
+                                          labels=labels)
         latency = HistogramMetricFamily("framebus_subscriber_latency_seconds",
-                                        "Publish to fully written", labels=labels)
-        info = GaugeMetricFamily("framebus_subscriber_info", "1 per subscriber, with its "
-                                 "transport", labels=[*labels, "transport"])
+                                        "The camera's frames, publish to fully written",
+                                        labels=labels)
+        info = GaugeMetricFamily("framebus_subscriber_info", "1 per subscriber and camera it "
+                                 "reads, with its transport", labels=[*labels, "transport"])
         # shm series are per segment, and a segment holds one camera's frames: a multi-camera
         # subscriber has one series per camera, a single-camera one its one as before
         pinned = GaugeMetricFamily("framebus_subscriber_shm_pinned_slots",
@@ -262,28 +278,28 @@ class FramebusCollector(Collector):
         exporter = self.daemon.fanout.exporter
         for name, sub in list(self.daemon.fanout.subscribers.items()):
             cameras = sub.spec.all_cameras
-            # frame counts per camera (a multi-camera FIFO has one series each), up to
-            # PER_CAMERA_MAX cameras: beyond, one series summed over them, camera="*", so a
-            # subscriber costs a bounded number of series however many cameras it reads;
-            # what belongs to the FIFO itself is labelled with its cameras joined ("a,b"), or
-            # "*" beyond PER_CAMERA_MAX (a label of 300 names would be kilobytes a series)
+            # every series per camera (a multi-camera FIFO has one each), up to PER_CAMERA_MAX
+            # cameras: beyond, one series summed over them, camera="*", so a subscriber costs
+            # a bounded number of series however many cameras it reads
             each = len(cameras) <= PER_CAMERA_MAX
-            key = [name, ",".join(cameras) if each else ALL_CAMERAS]
             for camera, stats in _streams(sub.outbox.stream_stats, cameras, each):
-                offered.add_metric([name, camera], stats.offered)
-                sent.add_metric([name, camera], stats.sent)
+                key = [name, camera]
+                offered.add_metric(key, stats.offered)
+                sent.add_metric(key, stats.sent)
                 drops = dict(stats.dropped)
                 for reason in dict.fromkeys([*DROP_REASONS, *drops]):
-                    dropped.add_metric([name, camera, reason], drops.get(reason, 0))
-                sent_bytes.add_metric([name, camera], stats.bytes_sent)
-            connected.add_metric(key, float(sub.connected))
-            disconnects.add_metric(key, sub.disconnects)
-            counts, cumulative, buckets = list(sub.latency.counts), 0, []
-            for bound, count in zip([*LATENCY_BUCKETS_S, float("inf")], counts, strict=True):
-                cumulative += count
-                buckets.append((_bound(bound), cumulative))
-            latency.add_metric(key, buckets, sub.latency.sum_s)
-            info.add_metric([*key, sub.spec.transport], 1)
+                    dropped.add_metric([*key, reason], drops.get(reason, 0))
+                sent_bytes.add_metric(key, stats.bytes_sent)
+                payload_bytes.add_metric(key, stats.payload_bytes)
+                connected.add_metric(key, float(sub.connected))
+                disconnects.add_metric(key, sub.disconnects)
+                histogram = sub.camera_latency.get(camera, sub.latency)  # one camera, or "*"
+                counts, cumulative, buckets = list(histogram.counts), 0, []
+                for bound, count in zip([*LATENCY_BUCKETS_S, float("inf")], counts, strict=True):
+                    cumulative += count
+                    buckets.append((_bound(bound), cumulative))
+                latency.add_metric(key, buckets, histogram.sum_s)
+                info.add_metric([*key, sub.spec.transport], 1)
             if not sub.shm_keys:
                 continue
             pins = sub.pinned_by_camera()
@@ -302,8 +318,8 @@ class FramebusCollector(Collector):
                 segment_bytes.add_metric([name, camera], size)
                 for reason in SHM_FAILURE_REASONS:
                     failures.add_metric([name, camera, reason], failed[reason])
-        yield from (offered, sent, dropped, sent_bytes, connected, disconnects, latency, info,
-                    pinned, segment_bytes, failures)
+        yield from (offered, sent, dropped, sent_bytes, payload_bytes, connected, disconnects,
+                    latency, info, pinned, segment_bytes, failures)
 
 
 def _streams(stats: dict[str, OutboxStats], cameras: tuple[str, ...], each: bool
@@ -320,6 +336,7 @@ def _streams(stats: dict[str, OutboxStats], cameras: tuple[str, ...], each: bool
             total.offered += one.offered
             total.sent += one.sent
             total.bytes_sent += one.bytes_sent
+            total.payload_bytes += one.payload_bytes
             total.dropped.update(dict(one.dropped))
     yield ALL_CAMERAS, total
 

@@ -52,6 +52,7 @@ class Outgoing(Generic[T]):
     token: T
     encode: Callable[[int], list[memoryview]]  # missed -> [header, *payload buffers]
     stream: str = ""  # the camera: seq, missed, pending slot and rate limit are per stream
+    payload_bytes: int = 0  # the frame's pixels, in the FIFO after the header or in shm
 
 
 @dataclass
@@ -60,7 +61,8 @@ class OutboxStats:
 
     offered: int = 0
     sent: int = 0
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # written to the FIFO: headers and payloads, or (shm) headers only
+    payload_bytes: int = 0  # payloads of the frames sent, whichever way they went
     dropped: Counter[str] = field(default_factory=Counter)
 
 
@@ -119,6 +121,7 @@ class Outbox(Generic[T]):
             total.offered += stats.offered
             total.sent += stats.sent
             total.bytes_sent += stats.bytes_sent
+            total.payload_bytes += stats.payload_bytes
             total.dropped.update(dict(stats.dropped))
         return total
 
@@ -223,6 +226,7 @@ class Outbox(Generic[T]):
         done, self._in_flight = self._in_flight, None
         self.last_completed = done.token
         self._in_flight_stats.sent += 1
+        self._in_flight_stats.payload_bytes += done.payload_bytes
         return True
 
     def reader_gone(self) -> None:

@@ -151,7 +151,7 @@ def state_outgoing(camera: str, data: bytes) -> Outgoing[Token]:
 def fifo_outgoing(frame: StoredFrame, payload: Payload) -> Outgoing[Token]:
     """A FIFO message of ``payload``."""
     sending = Sending(frame.encoded_for(payload), payload)
-    return Outgoing(frame.seq, sending, sending.encode, frame.camera)
+    return Outgoing(frame.seq, sending, sending.encode, frame.camera, payload.nbytes)
 
 
 def shm_outgoing(frame: StoredFrame, payload: Payload, shm: ShmFrame) -> Outgoing[Token] | None:
@@ -162,7 +162,7 @@ def shm_outgoing(frame: StoredFrame, payload: Payload, shm: ShmFrame) -> Outgoin
     if shm.encoded is None:  # built once per frame and rendition, shared by its subscribers
         shm.encoded = EncodedHeader(replace(frame.header(payload), shm=shm.location), 0)
     sending = ShmSending(shm.encoded, shm)
-    return Outgoing(frame.seq, sending, sending.encode, frame.camera)
+    return Outgoing(frame.seq, sending, sending.encode, frame.camera, payload.nbytes)
 
 
 class Subscriber:
@@ -176,7 +176,10 @@ class Subscriber:
         self.pipe_size = 0
         self.connects = 0
         self.disconnects = 0
-        self.latency = LatencyHistogram()
+        self.latency = LatencyHistogram()  # the FIFO's, every camera together
+        # a multi-camera subscriber's per camera too (metrics label latency by one camera)
+        self.camera_latency = {camera: LatencyHistogram()
+                               for camera in spec.cameras} if len(spec.cameras) > 1 else {}
         self.next_open_ns = 0
         self.error = ""
         self.last_offered: dict[str, int] = {}  # per camera; absent: nothing offered yet
@@ -196,6 +199,13 @@ class Subscriber:
     def connected(self) -> bool:
         """True while a reader has the FIFO open."""
         return self.fd >= 0
+
+    def observe_latency(self, camera: str, seconds: float) -> None:
+        """Loop thread: a frame of ``camera`` was fully written ``seconds`` after publish."""
+        self.latency.observe(seconds)
+        per_camera = self.camera_latency.get(camera)
+        if per_camera is not None:
+            per_camera.observe(seconds)
 
     def shm_state(self, camera: str, error: str) -> None:
         """Loop thread, per frame offered: ``camera``'s segment is fine ("") or failed. The

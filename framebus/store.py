@@ -141,7 +141,10 @@ class LatestFrameStore:
         self._state_listeners: list[Callable[[str, CameraStatus], None]] = []
         self._states: dict[str, CameraStatus] = {}
         self._state_lock = threading.Lock()
-        self.conversions: Counter[tuple[str, Rendition]] = Counter()
+        # per (camera, rendition) some subscriber wants now: there from its first want at 0,
+        # gone with its last unwant, so its series are bounded by the subscriptions of now
+        # (not every width ever asked) and a restarted count is a counter reset
+        self.conversions: dict[tuple[str, Rendition], int] = {}
         self.on_demand: Counter[str] = Counter()  # conversions for requests, per camera
         self.published = threading.Condition()
         self.exporter: ShmExporter | None = None  # set when shm subscribers exist
@@ -180,6 +183,7 @@ class LatestFrameStore:
             wanted = Counter(self._wanted.get(camera, Counter()))
             wanted[rendition] += 1
             self._wanted[camera] = wanted  # copy-on-write: decoders read without the lock
+            self.conversions.setdefault((camera, rendition), 0)
 
     def unwant(self, camera: str, rendition: Rendition) -> None:
         """Undo one ``want``."""
@@ -187,6 +191,8 @@ class LatestFrameStore:
             wanted = Counter(self._wanted.get(camera, Counter()))
             wanted[rendition] -= 1
             self._wanted[camera] = +wanted
+            if rendition not in self._wanted[camera]:
+                self.conversions.pop((camera, rendition), None)
 
     def is_wanted(self, camera: str) -> bool:
         """True while any subscriber wants frames of this camera."""
@@ -254,8 +260,15 @@ class LatestFrameStore:
             found, converted = render(stored.frame, rendition)
             stored.renditions[rendition] = found
             if converted:
-                self.conversions[(stored.camera, rendition)] += 1
+                self._count_conversion((stored.camera, rendition))
         return found
+
+    def _count_conversion(self, key: tuple[str, Rendition]) -> None:
+        # under the lock of want/unwant: never brings back the count of a rendition whose
+        # last subscriber just left (the lock costs nothing next to the conversion itself)
+        with self._wanted_lock:
+            if key in self.conversions:
+                self.conversions[key] += 1
 
     def forget(self, camera: str) -> None:
         """Drop a removed camera's newest frame and state."""

@@ -420,7 +420,8 @@ def test_renditions_differing_only_in_quality_keep_metric_series_unique(
     subscribers = {"q85": {"camera": "cam", "format": "jpeg", "width": 160},
                    "q50": {"camera": "cam", "format": "jpeg", "width": 160, "quality": 50}}
     with daemon_of(server, tmp_path, subscribers=subscribers) as daemon:
-        wait_for(lambda: len(daemon.store.conversions) == 2, 30, "both renditions converted")
+        wait_for(lambda: len(daemon.store.conversions) == 2
+                 and all(daemon.store.conversions.values()), 30, "both renditions converted")
         _, _, raw = ApiClient(daemon, token="").request("GET", "/metrics")
     series = [line.rsplit(" ", 1)[0] for line in raw.decode().splitlines()
               if line.startswith("framebus_conversions_total")]

@@ -21,7 +21,7 @@ import pytest
 from apikit import ApiClient
 from fanoutkit import running_daemon
 from faultkit import DaemonProcess, write_daemon_config
-from test_metrics_standard import closed_port, one, pick, values_of
+from test_metrics_standard import closed_port, pick, values_of
 
 from framebus.metrics import PER_CAMERA_MAX
 from framebus.scrape import SharedRender
@@ -113,9 +113,12 @@ def test_per_camera_series_up_to_the_bound_then_one_summed_as_star(tmp_path: Pat
     assert {dict(key)["camera"] for key in offered if ("subscriber", "few") in key} == set(
         names[:PER_CAMERA_MAX])  # each camera its own series, up to the bound
     assert [dict(key)["camera"] for key in offered if ("subscriber", "many") in key] == ["*"]
-    assert one(values, "framebus_subscriber_info", subscriber="few") == 1.0
-    assert pick(values, "framebus_subscriber_info", subscriber="few",
-                camera=",".join(names[:PER_CAMERA_MAX]))
+    # the FIFO's own series too: one per camera, each naming one camera (joins on camera)
+    for metric in ("framebus_subscriber_info", "framebus_subscriber_connected",
+                   "framebus_subscriber_disconnects_total",
+                   "framebus_subscriber_latency_seconds_count"):
+        few = pick(values, metric, subscriber="few")
+        assert sorted(dict(key)["camera"] for key in few) == names[:PER_CAMERA_MAX], metric
     assert pick(values, "framebus_subscriber_info", subscriber="many", camera="*")
     for metric in ("framebus_subscriber_shm_pinned_slots", "framebus_subscriber_shm_segment_bytes",
                    "framebus_subscriber_connected", "framebus_subscriber_latency_seconds_count"):
