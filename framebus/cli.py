@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "zenoh:[HOST/]CAMERA[/RENDITION] for cameras other hosts export")
     watch.add_argument("--duration", type=float, help="stop after this many seconds")
     watch.add_argument("--count", type=_positive_int, help="stop after this many frames")
+    watch.add_argument("-c", "--config", type=Path,
+                       help="the daemon's config: a missing FIFO is told its fifo_dir")
     add_remote_options(watch)
 
     dump = sub.add_parser("dump", help="save frames from a FIFO as PNG or JPEG files")
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--count", type=_positive_int, default=1)
     dump.add_argument("--image", choices=("png", "jpeg"), default="png")
     dump.add_argument("--timeout", type=float, default=None, help="seconds to wait per frame")
+    dump.add_argument("-c", "--config", type=Path,
+                      help="the daemon's config: a missing FIFO is told its fifo_dir")
     add_remote_options(dump)
 
     demo = sub.add_parser("demo", help="run two RTSP test cameras, the daemon and a live watch")
@@ -184,15 +188,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return status(args, sys.stdout)
     if args.command == "watch":
-        from framebus.watch import watch
+        from framebus.watch import consumer_log, watch
 
-        return watch(args.fifo, args.duration, args.count, sys.stdout,
-                     remote=remote_config(args))
+        with consumer_log(args.config):
+            return watch(args.fifo, args.duration, args.count, sys.stdout,
+                         remote=remote_config(args))
     if args.command == "dump":
-        from framebus.watch import dump
+        from framebus.watch import consumer_log, dump
 
-        return dump(args.fifo, args.out, args.count, args.image, args.timeout,
-                    remote=remote_config(args))
+        with consumer_log(args.config):
+            return dump(args.fifo, args.out, args.count, args.image, args.timeout,
+                        remote=remote_config(args))
     if args.command == "demo":
         from framebus.demo import run_demo
 

@@ -6,6 +6,7 @@ it relies on."""
 
 
 import fcntl
+import logging
 import os
 import select
 import stat
@@ -37,6 +38,10 @@ _APPEAR_POLL_S = 0.05  # how often to look for a FIFO that does not exist yet
 # While no writer has attached, how often to check that the path still names the FIFO we
 # hold open (a restarted daemon may have made a new one there: PROTOCOL.md section 10).
 _REPLACED_CHECK_S = 0.5
+log = logging.getLogger("framebus.client")
+# said once per absence, the wait going on: a mistyped path must not look like a silent daemon
+MISSING_FIFO = ("%s does not exist (yet): waiting for the daemon to make it (is framebus "
+                "running, with a subscriber whose FIFO is this path? `framebus status` lists them)")
 T = TypeVar("T")
 
 
@@ -177,6 +182,7 @@ class SubscriberCore:
     """
 
     _may_block = False  # Subscriber: a read with no deadline may block in readv itself
+    _told_missing = False  # MISSING_FIFO was logged for the current absence of the path
 
     def __init__(
         self,
@@ -340,6 +346,9 @@ class SubscriberCore:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"FIFO {self.path} did not appear in time")
+            if not self._told_missing:
+                self._told_missing = True
+                log.warning(MISSING_FIFO, self.path)
             yield -1, _APPEAR_POLL_S if remaining is None else min(_APPEAR_POLL_S, remaining)
 
     def _try_open(self) -> bool:
@@ -351,6 +360,7 @@ class SubscriberCore:
             os.close(fd)
             raise FifoError(f"{self.path} is not a FIFO")
         self._fd = fd
+        self._told_missing = False
         self._blocking = False
         self._writer_seen = False
         self._instance = None

@@ -12,12 +12,14 @@ comes, one line each.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, TextIO
 from framebus.client import Frame, StreamEvent, Subscriber
 from framebus.errors import FramebusError
 from framebus.imaging import ImageKind, encode_image, to_video_frame
+from framebus.reading import MISSING_FIFO
 from framebus.remote.cli_support import is_remote, parse_target
 from framebus.wire import PixelFormat
 
@@ -35,6 +38,46 @@ if TYPE_CHECKING:
 _READ_POLL_S = 0.2  # a reader thread notices the stop request at least this often
 _QUEUE_LIMIT = 4096  # samples waiting for the main thread (bounded: the reader waits)
 _JOIN_TIMEOUT_S = 2.0
+
+
+DEFAULT_FIFO_DIR = Path("/run/framebus")  # config's fifo_dir default (not imported: pydantic)
+
+
+class _ConsumerLog(logging.Formatter):
+    """The CLI's stderr line for what the consumer library warns about; a missing FIFO also
+    gets where the daemon makes its FIFOs, which is what a person needs to fix the path."""
+
+    def __init__(self, fifo_dir: Path, source: str) -> None:
+        super().__init__()
+        self.fifo_dir, self.source = fifo_dir, source
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"framebus: {record.getMessage()}"
+        if record.msg is MISSING_FIFO:
+            text += (f"; the daemon makes its subscribers' FIFOs in fifo_dir {self.fifo_dir} "
+                     f"({self.source})")
+        return text
+
+
+@contextlib.contextmanager
+def consumer_log(config: Path | None) -> Iterator[None]:
+    """While a CLI consumer runs, print the library's warnings (a FIFO that does not exist)
+    to stderr, naming the fifo_dir of ``config`` (else the default one)."""
+    if config is not None:
+        from framebus.config import load_config
+
+        fifo_dir, source = load_config(config).fifo_dir, f"from {config}"
+    else:
+        fifo_dir, source = DEFAULT_FIFO_DIR, "the default; -c CONFIG reads the daemon's"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ConsumerLog(fifo_dir, source))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("framebus")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 @dataclass(frozen=True, slots=True)
