@@ -6,11 +6,15 @@
 * ``framebus_subscriber_payload_bytes_total`` counts the pixels delivered on shm too, where
   ``sent_bytes`` is the headers only;
 * every ``camera`` label of a subscriber series names one camera, a multi-camera FIFO's own
-  series (connected, disconnects, latency, info) included, so joins on camera work.
+  series (connected, disconnects, latency, info) included, so joins on camera work;
+* the Grafana dashboard provisions (a data-source variable) and shows a multi-camera
+  subscriber's lines per camera, filtered by ``$camera``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -18,7 +22,7 @@ import pytest
 from apikit import ApiClient
 from fanoutkit import ReaderProcess, running_daemon
 from rtspserver import Mount, RtspServer
-from test_metrics_standard import Values, closed_port, one, pick, values_of
+from test_metrics_standard import DASHBOARD, Values, closed_port, one, pick, values_of
 from waiting import wait_for
 
 from framebus.daemon import Daemon
@@ -157,3 +161,27 @@ def test_a_multi_camera_subscriber_labels_each_series_with_one_camera(rig: Rig) 
         assert abs(count - frames) <= 1, (camera, count, frames)
     single = pick(values, "framebus_subscriber_latency_seconds_count", subscriber="plain")
     assert [dict(key)["camera"] for key in single] == ["lobby"]
+
+
+def test_the_dashboard_provisions_and_shows_subscribers_per_camera() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    # provisioning has no import step to fill ${DS_PROMETHEUS}: a data-source variable does
+    source = variables["DS_PROMETHEUS"]
+    assert (source["type"], source["query"]) == ("datasource", "prometheus")
+    for variable in variables.values():
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == "${DS_PROMETHEUS}", variable["name"]
+    assert 'camera=~"$camera"' in variables["subscriber"]["query"]["query"]
+    subscriber_targets = [target for panel in dashboard["panels"]
+                          for target in panel.get("targets", [])
+                          if "framebus_subscriber_" in target["expr"]]
+    assert len(subscriber_targets) >= 6
+    for target in subscriber_targets:
+        assert target["datasource"]["uid"] == "${DS_PROMETHEUS}"
+        selectors = re.findall(r"framebus_subscriber_\w+(\{[^}]*\})", target["expr"])
+        assert selectors and all('camera=~"$camera"' in s for s in selectors), target["expr"]
+        # a multi-camera subscriber has a line per camera: each needs its own legend
+        assert "{{camera}}" in target["legendFormat"], target
+        for grouping in re.findall(r"by \(([^)]*)\)", target["expr"]):
+            assert "camera" in grouping, target["expr"]
