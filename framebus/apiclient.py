@@ -15,18 +15,57 @@ from framebus.errors import FramebusError
 DEFAULT_TOKEN_FILE = "/run/framebus/api.token"
 
 
+DEFAULT_URL = "http://127.0.0.1:8470"
+
+
+def default_url() -> str:
+    """The control URL the CLI uses when given none: ``$FRAMEBUS_URL``, else the daemon's
+    default listen address."""
+    return os.environ.get("FRAMEBUS_URL") or DEFAULT_URL
+
+
+def read_token_file(path: str | os.PathLike[str], named_by: str = "") -> str | None:
+    """The token in ``path``; a FramebusError naming the file (and what named it) when it
+    cannot be read: a token the user asked for must not be dropped for a bare 401."""
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise FramebusError(f"cannot read the API token file {path}{named_by}: "
+                            f"{exc.strerror}") from None
+
+
 def default_token() -> str | None:
     """The API token a client uses when given none: ``$FRAMEBUS_TOKEN``, else the file
-    ``$FRAMEBUS_TOKEN_FILE``, else the daemon's generated ``/run/framebus/api.token`` if this
-    user may read it (members of the framebus group may), else None."""
+    ``$FRAMEBUS_TOKEN_FILE`` (FramebusError naming it when it cannot be read), else the
+    daemon's generated ``/run/framebus/api.token`` if this user may read it (members of the
+    framebus group may), else None."""
     token = os.environ.get("FRAMEBUS_TOKEN")
     if token:
         return token
-    path = os.environ.get("FRAMEBUS_TOKEN_FILE", DEFAULT_TOKEN_FILE)
-    try:
-        return Path(path).read_text().strip() or None
+    named = os.environ.get("FRAMEBUS_TOKEN_FILE")
+    if named:
+        return read_token_file(named, " (named by $FRAMEBUS_TOKEN_FILE)")
+    try:  # only a guess: other users may not read it, and then no token is sent
+        return Path(DEFAULT_TOKEN_FILE).read_text().strip() or None
     except OSError:
         return None
+
+
+def unauthorized_hint(token_file: str | os.PathLike[str] | None) -> str:
+    """What to add to a 401: which token was refused, or that none was found and where one
+    comes from."""
+    if token_file is not None:
+        source = str(token_file)
+    elif os.environ.get("FRAMEBUS_TOKEN"):
+        source = "$FRAMEBUS_TOKEN"
+    elif os.environ.get("FRAMEBUS_TOKEN_FILE"):
+        source = f"$FRAMEBUS_TOKEN_FILE ({os.environ['FRAMEBUS_TOKEN_FILE']})"
+    elif os.access(DEFAULT_TOKEN_FILE, os.R_OK):
+        source = DEFAULT_TOKEN_FILE
+    else:
+        return (" (no token was sent: give --token-file, or set $FRAMEBUS_TOKEN or "
+                "$FRAMEBUS_TOKEN_FILE; the daemon writes one to <fifo_dir>/api.token)")
+    return f" (the daemon refused the token from {source}: is it this daemon's?)"
 
 
 class DaemonUnreachable(FramebusError):
@@ -40,7 +79,8 @@ def unreachable(where: str, exc: OSError) -> DaemonUnreachable:
     """The one-line error for a daemon that does not answer at ``where`` (a URL or socket)."""
     reason = getattr(exc, "strerror", None) or str(exc)
     return DaemonUnreachable(f"cannot reach the framebus daemon at {where}: {reason} (is it "
-                             "running? see http.listen / http.unix_socket)")
+                             "running? see http.listen / http.unix_socket; --url or "
+                             "$FRAMEBUS_URL names another)")
 
 
 def request(method: str, url: str, unix_socket: str | None, path: str, body: bytes | None,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from framebus import __version__
+from framebus.apiclient import default_url
 from framebus.errors import ConfigError, FramebusError
 from framebus.remote.cli_support import add_remote_options, remote_config
 
@@ -19,6 +20,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+URL_HELP = "the daemon's control URL (default: $FRAMEBUS_URL, else http://127.0.0.1:8470)"
 
 
 def _positive_int(text: str) -> int:
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--out", type=Path, help="image file (.jpg or .png); default CAMERA.jpg")
     snap.add_argument("--fifo", action="store_true",
                       help="fetch the raw frame through a private FIFO instead of HTTP")
-    snap.add_argument("--url", default="http://127.0.0.1:8470")
+    snap.add_argument("--url", default=default_url(), help=URL_HELP)
     snap.add_argument("--unix-socket")
     snap.add_argument("--fifo-dir", help="where to make the private FIFO (with --fifo)")
     snap.add_argument("--width", type=_positive_int)
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_remote_options(snap)
 
     stat = sub.add_parser("status", help="cameras and subscribers at a glance (exit 3: degraded)")
-    stat.add_argument("--url", default="http://127.0.0.1:8470")
+    stat.add_argument("--url", default=default_url(), help=URL_HELP)
     stat.add_argument("--unix-socket")
     stat.add_argument("--token-file", type=Path,
                       help="default: $FRAMEBUS_TOKEN, $FRAMEBUS_TOKEN_FILE, "

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
-from framebus.apiclient import request
+from framebus.apiclient import read_token_file, request, unauthorized_hint
 from framebus.client import Frame, FrameRequestError, request_frame
 from framebus.errors import FramebusError
 from framebus.imaging import ImageKind, encode_image, to_video_frame
@@ -19,7 +19,7 @@ def snapshot(args: argparse.Namespace) -> int:
     out: Path = args.out or Path(f"{args.camera}.jpg")
     kind: ImageKind = "png" if out.suffix.lower() == ".png" else "jpeg"
     # None: the API client finds one ($FRAMEBUS_TOKEN, ...), the Unix socket needs none
-    token = args.token_file.read_text().strip() if args.token_file else None
+    token = read_token_file(args.token_file) if args.token_file else None
     if is_remote(args.camera):
         frame = _remote_frame(args)
         data = encode_image(to_video_frame(frame.header, frame.payload), kind, args.quality)
@@ -58,5 +58,6 @@ def _get_image(args: argparse.Namespace, kind: str, token: str | None) -> bytes:
                            args.timeout + 5)
     if status != 200:
         detail = body[:300].decode("utf-8", "replace")
-        raise FramebusError(f"snapshot of {args.camera}: HTTP {status}: {detail}")
+        hint = unauthorized_hint(args.token_file) if status == 401 else ""
+        raise FramebusError(f"snapshot of {args.camera}: HTTP {status}: {detail}{hint}")
     return body

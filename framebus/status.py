@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from framebus.apiclient import request_json
+from framebus.apiclient import read_token_file, request_json, unauthorized_hint
 from framebus.errors import FramebusError
 
 EXIT_DEGRADED = 3
@@ -19,13 +19,13 @@ EXIT_DEGRADED = 3
 
 def fetch(args: argparse.Namespace) -> dict[str, Any]:
     """GET /v1/cameras and /v1/subscriptions; FramebusError naming the reason on refusal."""
-    token = args.token_file.read_text().strip() if args.token_file else None
+    token = read_token_file(args.token_file) if args.token_file else None
     result: dict[str, Any] = {}
     for key, path in (("cameras", "/v1/cameras"), ("subscriptions", "/v1/subscriptions")):
         status, body = request_json("GET", args.url, args.unix_socket, path, None, token,
                                     args.timeout)
         if status != 200:
-            hint = " (give --token-file, or set $FRAMEBUS_TOKEN)" if status == 401 else ""
+            hint = unauthorized_hint(args.token_file) if status == 401 else ""
             raise FramebusError(f"GET {path}: HTTP {status} {body.get('error', '')}: "
                                 f"{body.get('detail', '')}{hint}")
         result[key] = body[key]

@@ -96,3 +96,42 @@ def test_a_taken_http_address_is_named_and_the_daemon_exits_1(tmp_path: Path) ->
     assert ran.returncode == 1, ran.stderr
     assert f"http.listen 127.0.0.1:{port}: Address already in use" in ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+def test_framebus_url_is_the_default_url(daemon: Daemon) -> None:
+    """Issue 21: `$FRAMEBUS_URL` names the daemon for every command that takes --url."""
+    api = ApiClient(daemon)
+    env = {"PATH": "/usr/bin:/bin", "FRAMEBUS_URL": api.url,
+           "FRAMEBUS_TOKEN_FILE": str(daemon.token_path)}
+    shown = subprocess.run([sys.executable, "-m", "framebus", "status"], capture_output=True,
+                           text=True, timeout=60, env=env)
+    assert shown.returncode == 3, shown.stderr  # found, and "dark" does not stream
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    down = subprocess.run([sys.executable, "-m", "framebus", "snapshot", "cam"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**env, "FRAMEBUS_URL": nowhere})
+    assert down.returncode == 1 and f"cannot reach the framebus daemon at {nowhere}" in (
+        down.stderr), down.stderr
+    assert "$FRAMEBUS_URL" in down.stderr
+
+
+def test_a_token_file_that_cannot_be_read_is_named(daemon: Daemon, tmp_path: Path) -> None:
+    """Issue 21: not silently dropped for a bare 401."""
+    api = ApiClient(daemon)
+    absent = tmp_path / "no-such.token"
+    for named in (absent, tmp_path):  # missing, and a directory
+        env = {"PATH": "/usr/bin:/bin", "FRAMEBUS_TOKEN_FILE": str(named)}
+        refused = subprocess.run([sys.executable, "-m", "framebus", "status", "--url", api.url],
+                                 capture_output=True, text=True, timeout=60, env=env)
+        assert refused.returncode == 1 and "HTTP 401" not in refused.stderr, refused.stderr
+        assert (f"cannot read the API token file {named} (named by $FRAMEBUS_TOKEN_FILE)"
+                in refused.stderr), refused.stderr
+    given = framebus("snapshot", "cam", "--url", api.url, "--token-file", str(absent),
+                     "--out", str(tmp_path / "x.jpg"))
+    assert given.returncode == 1
+    assert f"cannot read the API token file {absent}: No such file" in given.stderr
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-the-token\n")
+    refused = framebus("status", "--url", api.url, "--token-file", str(wrong))
+    assert "HTTP 401" in refused.stderr
+    assert f"the daemon refused the token from {wrong}" in refused.stderr, refused.stderr
