@@ -40,6 +40,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what snapshot can encode (imaging.encode_image)
+
+
+def _image_path(text: str) -> Path:
+    # the format follows the suffix: JPEG bytes under a .webp name would mislead every viewer
+    path = Path(text)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: snapshot writes JPEG or PNG, chosen by the suffix: name the file "
+            f"{', '.join(IMAGE_SUFFIXES[:-1])} or {IMAGE_SUFFIXES[-1]}")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -75,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     snap = sub.add_parser("snapshot", help="save the newest frame of a camera as JPEG/PNG")
     snap.add_argument("camera", help="a camera name, or zenoh:[HOST/]CAMERA[/RENDITION] for a "
                       "camera another host exports")
-    snap.add_argument("--out", type=Path, help="image file (.jpg or .png); default CAMERA.jpg")
+    snap.add_argument("--out", type=_image_path,
+                      help="image file (.jpg, .jpeg or .png: the suffix picks the format); "
+                      "default CAMERA.jpg")
     snap.add_argument("--fifo", action="store_true",
                       help="fetch the raw frame through a private FIFO instead of HTTP")
     snap.add_argument("--url", default=default_url(), help=URL_HELP)

@@ -37,6 +37,12 @@ def age_text(value: object) -> str:
     return "-" if value is None else f"{float(value):.1f}s"  # type: ignore[arg-type]
 
 
+def mode_text(mode: object) -> str:
+    """A FIFO's permissions as people write them (``0660``): the API's JSON has the number,
+    whose decimal form (432) nobody reads as a mode."""
+    return f"{mode:04o}" if isinstance(mode, int) else "-"
+
+
 def render(data: dict[str, Any], out: TextIO) -> None:
     """Two aligned tables: cameras, then subscribers."""
     rows = [("CAMERA", "STATE", "FPS", "SIZE", "CODEC", "AGE", "RECONNECTS", "REASON")]
@@ -48,14 +54,14 @@ def render(data: dict[str, Any], out: TextIO) -> None:
                      cam["codec"] or "-", age_text(cam["frame_age_s"]), str(reconnects), reason))
     write_table(rows, out)
     out.write("\n")
-    subs = [("SUBSCRIBER", "CAMERA", "TRANSPORT", "FORMAT", "CONNECTED", "SENT", "DROPPED",
-             "ERROR")]
+    subs = [("SUBSCRIBER", "CAMERA", "TRANSPORT", "FORMAT", "MODE", "CONNECTED", "SENT",
+             "DROPPED", "ERROR")]
     for sub in data["subscriptions"]:
         dropped = sum(sub.get("dropped", {}).values())
         camera = sub["camera"] or ",".join(sub["cameras"] or [])
         subs.append((sub["name"], camera, sub["transport"], sub["format"],
-                     "yes" if sub["connected"] else "no", str(sub.get("frames_sent", 0)),
-                     str(dropped), sub.get("error") or ""))
+                     mode_text(sub.get("mode")), "yes" if sub["connected"] else "no",
+                     str(sub.get("frames_sent", 0)), str(dropped), sub.get("error") or ""))
     write_table(subs, out)
 
 

@@ -135,3 +135,32 @@ def test_a_token_file_that_cannot_be_read_is_named(daemon: Daemon, tmp_path: Pat
     refused = framebus("status", "--url", api.url, "--token-file", str(wrong))
     assert "HTTP 401" in refused.stderr
     assert f"the daemon refused the token from {wrong}" in refused.stderr, refused.stderr
+
+
+def test_the_table_shows_fifo_modes_in_octal(daemon: Daemon) -> None:
+    """Issue 21: the API's JSON keeps its integer (its schema says so); people read 0660."""
+    api = ApiClient(daemon)
+    shown = framebus("status", "--url", api.url, "--token-file", str(daemon.token_path))
+    lines = shown.stdout.splitlines()
+    heading = next(line for line in lines if line.startswith("SUBSCRIBER"))
+    row = next(line for line in lines if line.startswith("sub "))
+    assert heading.split()[4] == "MODE" and row.split()[4] == "0660", shown.stdout
+    as_json = json.loads(framebus("status", "--url", api.url, "--token-file",
+                                  str(daemon.token_path), "--json").stdout)
+    assert as_json["subscriptions"][0]["mode"] == 0o660  # the API's answer, unchanged
+
+
+def test_snapshot_writes_the_format_its_suffix_names(daemon: Daemon, tmp_path: Path) -> None:
+    """Issue 21: no JPEG bytes under a .webp name; .jpeg and .png are what they say."""
+    api = ApiClient(daemon)
+    token = str(daemon.token_path)
+    webp = tmp_path / "x.webp"
+    refused = framebus("snapshot", "cam", "--url", api.url, "--token-file", token,
+                       "--out", str(webp))
+    assert refused.returncode == 2 and not webp.exists()
+    assert "name the file .jpg, .jpeg or .png" in refused.stderr, refused.stderr
+    for name, magic in (("x.jpeg", b"\xff\xd8\xff"), ("x.PNG", b"\x89PNG")):
+        saved = framebus("snapshot", "cam", "--url", api.url, "--token-file", token,
+                         "--out", str(tmp_path / name))
+        assert saved.returncode == 0, saved.stderr
+        assert (tmp_path / name).read_bytes().startswith(magic), name
