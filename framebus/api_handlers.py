@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+import framebus
 from framebus.api import ApiError, Reply, json_reply, validation_detail
 from framebus.camera import CameraState
 from framebus.config import FifoPath, PixelFormatName, SubscriberConfig, parse_mode
@@ -19,6 +20,7 @@ from framebus.errors import FifoError
 from framebus.fifo import FifoRefused, NoReader, check_allowed_path, open_requested_fifo
 from framebus.imaging import convert, encode_image
 from framebus.query import query_decimal, query_int
+from framebus.sending import LATENCY_BUCKETS_S
 from framebus.store import DEFAULT_QUALITY, Rendition, StoredFrame
 from framebus.urls import redact_url
 from framebus.wire import PixelFormat
@@ -101,6 +103,7 @@ class Handlers:
 
     def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
+        self.started = time.monotonic()  # the control plane starts with the daemon
         self._requested: set[tuple[int, int]] = set()  # FIFOs frame requests are writing to
         self._requested_lock = threading.Lock()
 
@@ -111,7 +114,9 @@ class Handlers:
                 if camera.state is not CameraState.STREAMING}
         # 200 while the daemon serves (a liveness probe); "degraded" names who is not streaming
         return json_reply({"status": "degraded" if down else "ok", "cameras": len(cameras),
-                           "streaming": len(cameras) - len(down), "not_streaming": down})
+                           "streaming": len(cameras) - len(down), "not_streaming": down,
+                           "version": framebus.__version__,
+                           "uptime_s": round(time.monotonic() - self.started, 1)})
 
     # -- cameras -----------------------------------------------------------------------------
 
@@ -295,7 +300,9 @@ class Handlers:
             stats = sub.outbox.stats
             status.update(connected=sub.connected, frames_sent=stats.sent,
                           bytes_sent=stats.bytes_sent, dropped=dict(stats.dropped),
-                          disconnects=sub.disconnects, pipe_size=sub.pipe_size, error=sub.error)
+                          disconnects=sub.disconnects, pipe_size=sub.pipe_size, error=sub.error,
+                          latency={"bounds_s": list(LATENCY_BUCKETS_S),
+                                   "counts": list(sub.latency.counts)})
             if sub.shm_keys:
                 status["shm"] = sub.shm_status(self.daemon.fanout.exporter)
         else:
