@@ -1,8 +1,12 @@
 """The status page and the sign-in page (served by web.py): self-contained HTML, inline CSS and
-JavaScript, nothing loaded from anywhere else. The script only reads the JSON API
-(/v1/cameras, /v1/subscriptions, once a second) and builds the page with ``textContent``:
-nothing the API says (camera names, reasons, errors) is parsed as HTML. The Content-Security-
-Policy allows exactly this style and this script, by their hashes.
+JavaScript (webscript.py), nothing loaded from anywhere else. The script only reads the JSON
+API (/v1/cameras, /v1/subscriptions once a second, /healthz) and builds the page with
+``textContent``: nothing the API says (camera names, reasons, errors) is parsed as HTML. The
+Content-Security-Policy allows exactly this style and this script, by their hashes.
+
+Layout: cameras that stream (or just stalled) get a card with a live view; the others
+collapse into one compact row each, after them, so that many dead cameras do not push the
+subscriber table off the first screen; on a narrow screen the subscribers come first.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+
+from framebus.webscript import SCRIPT
 
 STYLE = """
 :root { color-scheme: light dark; --bg: #f4f5f7; --card: #fff; --text: #1d2330;
@@ -24,7 +30,14 @@ header { display: flex; align-items: baseline; gap: 1rem; padding: .8rem 1.5rem;
 h1 { font-size: 1.2rem; margin: 0; }
 .status { color: var(--muted); }
 .status.error { color: var(--bad); font-weight: 600; }
-main { padding: .5rem 1.5rem 2rem; }
+#daemon { color: var(--muted); margin-left: auto; }
+.summary { margin: .6rem 1.5rem 0; font-weight: 600; }
+.summary.ok { color: var(--ok); }
+.summary.degraded { color: var(--warn); }
+.summary.unknown { color: var(--muted); }
+main { padding: .5rem 1.5rem 2rem; display: flex; flex-direction: column; }
+@media (max-width: 760px) { #subscribers-section { order: -1; } .dead { grid-column: 1 / -1; }
+  #subscribers-section table { display: block; overflow-x: auto; } }
 h2 { font-size: 1rem; margin: 1rem 0 .6rem; }
 .count { color: var(--muted); font-weight: normal; }
 .cameras { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr));
@@ -38,6 +51,28 @@ h3 { margin: 0; font-size: 1rem; overflow-wrap: anywhere; }
 .state.streaming { background: var(--ok); }
 .state.connecting, .state.stalled { background: var(--warn); }
 .state.backoff, .state.auth_failed, .state.unsupported { background: var(--bad); }
+.state.unknown { background: transparent; color: var(--muted); border: 1px dashed var(--muted); }
+.stale .camera, .stale #subscribers, .stale #daemon { opacity: .55; filter: grayscale(1); }
+.seen { color: var(--bad); font-weight: 600; }
+.seen:empty { display: none; }
+.dead { display: flex; flex-wrap: wrap; gap: .4rem; align-content: start;
+  grid-column: span 2; }
+.dead:empty { display: none; }
+.camera.compact { display: flex; align-items: center; gap: .5rem; padding: .2rem .6rem;
+  max-width: 100%; }
+.camera.compact .view, .camera.compact .facts, .camera.compact .sparks,
+.camera.compact .actions { display: none; }
+.camera.compact .reason { margin: 0; min-height: 0; max-width: 18rem; white-space: nowrap;
+  overflow: hidden; text-overflow: ellipsis; font-size: .85rem; }
+.camera.compact .seen { font-size: .85rem; }
+.sparks { display: grid; grid-template-columns: 1fr 1fr; gap: .8rem; margin: .2rem 0 .6rem; }
+.spark-row { display: grid; grid-template-columns: auto 1fr auto; align-items: center;
+  gap: .4rem; }
+.spark-label, .spark-value { color: var(--muted); font-size: .85rem; }
+.spark-value { text-align: right; font-variant-numeric: tabular-nums; }
+svg.spark { width: 100%; height: 28px; background: var(--bg); border-radius: 3px; }
+svg.spark path { fill: none; stroke: var(--ok); stroke-width: 1.5;
+  vector-effect: non-scaling-stroke; }
 .reason { color: var(--muted); min-height: 1.45em; margin: .2rem 0 .5rem;
   overflow-wrap: anywhere; }
 .view { aspect-ratio: 16 / 9; background: #000; border-radius: 4px; display: flex;
@@ -46,7 +81,8 @@ h3 { margin: 0; font-size: 1rem; overflow-wrap: anywhere; }
 .camera.playing .view img { display: block; }
 .camera.playing .placeholder { display: none; }
 .placeholder { color: #aaa; }
-.facts { display: grid; grid-template-columns: auto 1fr; gap: .1rem .8rem; margin: .6rem 0; }
+.facts { display: grid; grid-template-columns: auto 1fr auto 1fr; gap: .1rem .8rem;
+  margin: .6rem 0; }
 dt { color: var(--muted); }
 dd { margin: 0; font-variant-numeric: tabular-nums; }
 .actions { display: flex; gap: .8rem; align-items: center; }
@@ -67,188 +103,6 @@ code { background: var(--bg); padding: 0 .3rem; border-radius: 3px; overflow-wra
 input { font: inherit; padding: .3rem .5rem; width: 22rem; max-width: 100%; }
 """
 
-SCRIPT = """
-"use strict";
-const LIVE_FPS = 5, LIVE_WIDTH = 640, POLL_MS = 1000;
-// a browser opens at most 6 connections to a host: 3 live views, 2 polls and a snapshot
-const MAX_LIVE = 3;
-const liveMaxMs = Math.max(30, Number(document.body.dataset.liveMaxSeconds) || 3600) * 1000;
-const cameras = new Map();
-let wanted = [];  // cameras whose live view is on, oldest first
-let lastOk = 0;
-
-function make(tag, cls, text) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-function fact(list, label) {
-  const value = make("dd");
-  list.append(make("dt", "", label), value);
-  return value;
-}
-function cameraPath(name) { return "/v1/cameras/" + encodeURIComponent(name); }
-function fixed(x, digits) { return x === null || x === undefined ? "\u2014" : x.toFixed(digits); }
-
-function card(name) {
-  const root = make("article", "camera");
-  root.dataset.name = name;
-  const head = make("div", "head"), state = make("span", "state");
-  head.append(make("h3", "", name), state);
-  const view = make("div", "view"), img = make("img", "live");
-  img.alt = "live view of " + name;
-  const placeholder = make("div", "placeholder", "no picture");
-  view.append(img, placeholder);
-  const facts = make("dl", "facts");
-  const cam = {name, root, state, img, placeholder, reason: make("div", "reason"),
-    fps: fact(facts, "fps"), size: fact(facts, "size"), codec: fact(facts, "codec"),
-    age: fact(facts, "frame age"), reconnects: fact(facts, "reconnects"),
-    toggle: make("button", "toggle"), streaming: false, running: false, timer: 0, retry: 0};
-  const snapshot = make("a", "snapshot", "snapshot");
-  snapshot.href = cameraPath(name) + "/snapshot.jpg";
-  snapshot.target = "_blank";
-  snapshot.rel = "noopener";
-  const actions = make("div", "actions");
-  actions.append(cam.toggle, snapshot);
-  root.append(head, cam.reason, view, facts, actions);
-  cam.toggle.addEventListener("click", () => want(cam, !wanted.includes(name)));
-  img.addEventListener("error", () => { stopLive(cam); cam.retry = Date.now() + 3000; sync(cam); });
-  return cam;
-}
-
-function want(cam, on) {
-  wanted = wanted.filter((name) => name !== cam.name);
-  if (on) {
-    wanted.push(cam.name);
-    cam.retry = 0;
-    while (wanted.length > MAX_LIVE) {
-      const oldest = cameras.get(wanted.shift());
-      if (oldest) sync(oldest);
-    }
-  }
-  sync(cam);
-}
-function startLive(cam) {
-  cam.running = true;
-  cam.img.src = cameraPath(cam.name) + "/live.mjpeg?fps=" + LIVE_FPS + "&width=" + LIVE_WIDTH;
-  clearTimeout(cam.timer);  // the daemon ends a view after http.live_max_seconds: renew it
-  cam.timer = setTimeout(() => { stopLive(cam); sync(cam); }, liveMaxMs - 10000);
-}
-function stopLive(cam) {
-  cam.running = false;
-  clearTimeout(cam.timer);
-  cam.img.removeAttribute("src");  // ends the request, and so the daemon's stream
-}
-function sync(cam) {
-  const on = wanted.includes(cam.name);
-  const run = on && cam.streaming && !document.hidden && Date.now() >= cam.retry;
-  if (run && !cam.running) startLive(cam);
-  if (!run && cam.running) stopLive(cam);
-  cam.root.classList.toggle("playing", cam.running);
-  cam.toggle.textContent = on ? "stop live view" : "live view";
-  cam.placeholder.textContent = !cam.streaming ? "no picture"
-    : on ? "starting\u2026" : "live view off";
-}
-
-function updateCamera(cam, c) {
-  cam.streaming = c.state === "streaming";
-  cam.state.textContent = c.state;
-  cam.state.className = "state " + c.state;
-  cam.reason.textContent = c.reason || "";
-  cam.fps.textContent = c.declared_fps ? fixed(c.fps, 1) + " of " + fixed(c.declared_fps, 1)
-    : fixed(c.fps, 1);
-  cam.size.textContent = c.width ? c.width + "\u00d7" + c.height : "\u2014";
-  cam.codec.textContent = c.codec || "\u2014";
-  cam.age.textContent = c.frame_age_s === null ? "\u2014"
-    : fixed(c.frame_age_s, c.frame_age_s < 10 ? 2 : 0) + " s";
-  const reconnects = Object.entries(c.reconnects || {}).filter(([, n]) => n > 0);
-  cam.reconnects.textContent = String(reconnects.reduce((sum, [, n]) => sum + n, 0));
-  cam.reconnects.title = reconnects.map(([why, n]) => why + " " + n).join(", ");
-  sync(cam);
-}
-function renderCameras(list) {
-  const box = document.getElementById("cameras");
-  const seen = new Set();
-  for (const c of list) {
-    seen.add(c.name);
-    let cam = cameras.get(c.name);
-    if (!cam) {
-      cam = card(c.name);
-      cameras.set(c.name, cam);
-      box.append(cam.root);
-      if (wanted.length < MAX_LIVE) wanted.push(c.name);
-    }
-    updateCamera(cam, c);
-  }
-  for (const [name, cam] of cameras) {
-    if (seen.has(name)) continue;
-    stopLive(cam);
-    cam.root.remove();
-    cameras.delete(name);
-    wanted = wanted.filter((other) => other !== name);
-  }
-  document.getElementById("camera-count").textContent = "(" + list.length + ")";
-  if (!list.length) box.replaceChildren(make("p", "status", "no cameras configured"));
-}
-function renderSubscribers(list) {
-  const classes = ["name", "", "", "", "reader", "num", "", "error"];
-  const rows = list.map((s) => {
-    const size = s.width && s.height ? s.width + "\u00d7" + s.height
-      : s.width ? s.width + " wide" : s.height ? s.height + " high" : "native size";
-    const dropped = Object.entries(s.dropped || {}).filter(([, n]) => n > 0);
-    const connected = s.connected ? "connected" : "no reader";
-    const camera = s.camera || (s.cameras || []).join(", ");
-    const cells = [s.name, camera, s.transport, s.format + ", " + size, connected,
-      s.frames_sent === undefined ? "\u2014" : s.frames_sent,
-      dropped.length ? dropped.map(([why, n]) => why + " " + n).join(", ") : "0",
-      s.error || ""];
-    const row = make("tr");
-    cells.forEach((text, i) => row.append(make("td", classes[i], String(text))));
-    row.children[4].classList.add(s.connected ? "yes" : "no");
-    return row;
-  });
-  if (!rows.length) {
-    const cell = make("td", "status", "no subscribers");
-    cell.colSpan = classes.length;
-    rows.push(make("tr"));
-    rows[0].append(cell);
-  }
-  document.querySelector("#subscribers tbody").replaceChildren(...rows);
-  document.getElementById("subscriber-count").textContent = "(" + list.length + ")";
-}
-
-function setStatus(text, error) {
-  const status = document.getElementById("status");
-  status.textContent = text;
-  status.classList.toggle("error", error);
-}
-async function getJson(path) {
-  const answer = await fetch(path, {cache: "no-store", credentials: "same-origin",
-                                    signal: AbortSignal.timeout(5000)});
-  if (answer.status === 401) throw new Error("signed out: open /?token=\u2026 again");
-  if (!answer.ok) throw new Error(path + " answered " + answer.status);
-  return answer.json();
-}
-async function poll() {
-  try {
-    const [cams, subs] = await Promise.all([getJson("/v1/cameras"),
-                                            getJson("/v1/subscriptions")]);
-    renderCameras(cams.cameras);
-    renderSubscribers(subs.subscriptions);
-    lastOk = Date.now();
-    setStatus("live: updated every second", false);
-  } catch (error) {
-    const since = lastOk ? " (last update " + Math.round((Date.now() - lastOk) / 1000)
-      + " s ago)" : "";
-    setStatus("cannot reach the daemon: " + (error.message || error) + since, true);
-  }
-  setTimeout(poll, POLL_MS);
-}
-document.addEventListener("visibilitychange", () => cameras.forEach(sync));
-poll();
-"""
-
 _HEAD = """<!doctype html>
 <html lang="en">
 <head>
@@ -261,21 +115,29 @@ _HEAD = """<!doctype html>
 """
 
 _STATUS = _HEAD.replace("@title@", "framebus") + """<body data-live-max-seconds="@live_max@">
-<header><h1>framebus</h1><span id="status" class="status">connecting\u2026</span></header>
+<header><h1>framebus</h1><span id="status" class="status">connecting\u2026</span>
+<span id="daemon"></span></header>
+<p id="summary" class="summary"></p>
 <main>
-<section>
+<section id="cameras-section">
 <h2>Cameras <span id="camera-count" class="count"></span></h2>
-<div id="cameras" class="cameras"></div>
+<div id="cameras" class="cameras"><div id="dead" class="dead"></div></div>
 </section>
-<section>
+<section id="subscribers-section">
 <h2>Subscribers <span id="subscriber-count" class="count"></span></h2>
 <table id="subscribers">
 <thead><tr><th>name</th><th>camera</th><th>transport</th><th>format</th><th>reader</th>
+<th title="frames sent a second, over the last 10 s">fps</th>
+<th title="publish to written whole into the pipe, over the last 10 s (bucket bounds)">latency
+p50 / p99</th>
+<th title="when frames sent last grew: a frame went whole into the reader's pipe">last sent</th>
 <th>frames sent</th><th>dropped</th><th>error</th></tr></thead>
 <tbody></tbody>
 </table>
 </section>
 </main>
+<template id="spark"><svg class="spark" viewBox="0 0 300 40" preserveAspectRatio="none" \
+role="img"><path d=""></path></svg></template>
 <script>""" + SCRIPT + """</script>
 </body>
 </html>

@@ -11,35 +11,19 @@ is bounded (WebDriverWait). With FRAMEBUS_SCREENSHOT=PATH the page is also saved
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from browserkit import NEEDS_CHROMIUM, By, Page, browser, closed_port
 from fanoutkit import ReaderProcess, running_daemon
 from rtspserver import RtspServer
 from waiting import wait_for
 
-from framebus.daemon import Daemon
+import framebus
 from framebus.demo import DEMO_MOUNTS, DEMO_SUBSCRIBERS
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (a dev extra) is missing")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (scripts/debian-packages.txt; "
-           "make setup installs them)")
-
-WAIT_S = 30.0
+pytestmark = NEEDS_CHROMIUM
 # a sample of the image's pixels, drawn into a canvas (same-origin: the canvas is not tainted)
 PIXELS = """
 const img = document.querySelector(`article[data-name="${arguments[0]}"] img.live`);
@@ -57,31 +41,6 @@ fetch(arguments[0]).then(async (r) => done([r.status, r.headers.get("content-typ
 """
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:  # bound, then closed: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Page:
-    driver: Any
-    daemon: Daemon
-    url: str
-
-    def card(self, name: str) -> Any:
-        return self.driver.find_element(By.CSS_SELECTOR, f'article[data-name="{name}"]')
-
-    def state(self, name: str) -> str:
-        return str(self.card(name).find_element(By.CSS_SELECTOR, ".state").text)
-
-    def wait(self, condition: Any, what: str, timeout: float = WAIT_S) -> Any:
-        # an element the page replaced between find and read is stale: look again
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1,
-                             ignored_exceptions=(StaleElementReferenceException,)).until(
-            lambda _driver: condition(), message=f"waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     with RtspServer(DEMO_MOUNTS) as server:
@@ -90,30 +49,17 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
 
 def _page(server: RtspServer, tmp: Path) -> Iterator[Page]:
     cameras = {"lobby": {"url": server.url("lobby")}, "yard": {"url": server.url("yard")},
-               "gate": {"url": f"rtsp://127.0.0.1:{_closed_port()}/gate"}}
+               "gate": {"url": f"rtsp://127.0.0.1:{closed_port()}/gate"}}
     subscribers = {sub.name: {"camera": sub.camera, "format": sub.format,
                               **({"width": sub.width} if sub.width else {})}
                    for sub in DEMO_SUBSCRIBERS}  # lobby-bgr24, yard-gray
     with running_daemon(cameras, subscribers, tmp / "fifos",
                         http={"listen": "127.0.0.1:0"}) as daemon:
         readers = [ReaderProcess(tmp / "fifos" / f"{name}.fifo") for name in subscribers]
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--disable-quic", "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--window-size=1400,940",
-                     f"--user-data-dir={tmp / 'chromium'}"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
         try:
-            assert daemon.control is not None and daemon.http_token is not None
-            url = f"http://{daemon.control.address}/"
-            driver.set_page_load_timeout(WAIT_S)
-            driver.set_script_timeout(WAIT_S)
-            driver.get(f"{url}?token={daemon.http_token.get_secret_value()}")
-            yield Page(driver, daemon, url)
+            with browser(daemon, tmp) as page:
+                yield page
         finally:
-            driver.quit()
             for reader in readers:
                 reader.kill()
 
@@ -123,12 +69,14 @@ def test_the_page_shows_every_camera_and_its_state(page: Page) -> None:
     page.wait(lambda: page.driver.find_elements(By.CSS_SELECTOR, "article.camera"), "cameras")
     names = [card.get_attribute("data-name")
              for card in page.driver.find_elements(By.CSS_SELECTOR, "article.camera")]
-    assert names == ["gate", "lobby", "yard"]  # sorted, as the API lists them
+    assert sorted(names) == ["gate", "lobby", "yard"]  # sorted among streaming and not
     page.wait(lambda: page.state("lobby") == "streaming", "lobby to stream")
     page.wait(lambda: page.state("gate") in ("connecting", "backoff")
               and page.card("gate").find_element(By.CSS_SELECTOR, ".reason").text,
               "gate's state and reason")
-    assert "no picture" in page.card("gate").text
+    # a camera that does not stream is a compact row: no picture, no live view offered
+    assert "compact" in page.card("gate").get_attribute("class")
+    assert not page.card("gate").find_element(By.CSS_SELECTOR, "button.toggle").is_displayed()
     lobby = page.card("lobby").text
     assert "1280\u00d7720" in lobby and "h264" in lobby
     page.wait(lambda: "connected" in page.driver.find_element(By.ID, "subscribers").text,
@@ -172,12 +120,69 @@ def test_switching_a_live_view_off_ends_its_stream(page: Page) -> None:
     wait_for(lambda: live.running == 2, 10, "yard's view to run again")
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # "\u2014": not known yet
+        return 0.0
+
+
+def test_the_summary_counts_streaming_cameras_and_names_the_others(page: Page) -> None:
+    page.wait(lambda: page.state("lobby") == page.state("yard") == "streaming", "both to stream")
+    summary = page.wait(lambda: "2 of 3 cameras streaming" in (text := page.text("#summary"))
+                        and text, "the summary")
+    assert "not streaming: gate (" in summary  # named, with its state
+    assert "lobby" not in summary and "yard" not in summary
+
+
+def test_each_subscriber_shows_fps_latency_and_last_sent(page: Page) -> None:
+    figures = """return Array.from(document.querySelectorAll("#subscribers tbody tr"),
+        (row) => Array.from(row.children, (cell) => cell.textContent))"""
+    head = page.driver.execute_script(
+        'return Array.from(document.querySelectorAll("#subscribers th"), (th) => th.textContent)')
+    assert head[5:8] == ["fps", "latency\np50 / p99", "last sent"]
+
+    def shown() -> bool:  # every reader connected, its frames counted over >= 2 answers
+        rows = page.driver.execute_script(figures)
+        return len(rows) == 2 and all(
+            row[4] == "connected" and _number(row[5]) > 1 and row[6].startswith("\u2264")
+            and row[6].endswith(" ms") and row[7] in ("0 s ago", "1 s ago") for row in rows)
+
+    page.wait(shown, "each subscriber's fps, latency p50/p99 and last sent")
+
+
+def test_the_header_shows_the_version_and_an_uptime_that_grows(page: Page) -> None:
+    first = page.wait(lambda: page.text("#daemon"), "the version and uptime")
+    assert first.startswith(f"version {framebus.__version__}, up ")
+    page.wait(lambda: page.text("#daemon") not in ("", first), "the uptime to grow", timeout=5)
+
+
+def test_cameras_have_fps_and_frame_age_sparklines(page: Page) -> None:
+    script = """const svg = document.querySelectorAll(
+        `article[data-name="${arguments[0]}"] svg.spark`);
+    return Array.from(svg, (s) => [s.namespaceURI.endsWith("/svg"),
+        s.querySelector("path").getAttribute("d")])"""
+
+    def drawn() -> bool:  # a line of at least 4 answers in each, inline SVG
+        lines = page.driver.execute_script(script, "lobby")
+        return len(lines) == 2 and all(svg and d.count("L") >= 3 for svg, d in lines)
+
+    page.wait(drawn, "lobby's fps and frame-age lines")
+    values = page.driver.execute_script(
+        'return Array.from(document.querySelectorAll(\'article[data-name="lobby"] '
+        '.spark-value\'), (v) => v.textContent)')
+    assert _number(values[0]) > 1 and values[1].endswith(" s")
+
+
 def test_screenshot(page: Page, tmp_path: Path) -> None:
     """A picture of the page, once every live image shows (the README's docs/status-page.png
     with FRAMEBUS_SCREENSHOT=docs/status-page.png)."""
     for name in ("lobby", "yard"):
         page.wait(lambda name=name: page.driver.execute_script(PIXELS, name), f"{name}'s image")
     page.wait(lambda: page.state("gate") == "backoff", "gate in backoff")
+    page.wait(lambda: page.driver.execute_script(  # some history in the sparklines
+        'return document.querySelector(\'article[data-name="lobby"] svg.spark path\')'
+        '.getAttribute("d").split("L").length > 8'), "lobby's fps line")
     target = Path(os.environ.get("FRAMEBUS_SCREENSHOT") or tmp_path / "status-page.png")
     assert page.driver.save_screenshot(str(target))
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
