@@ -230,9 +230,20 @@ class Daemon:
     def status_line(self) -> str:
         """E.g. "7/8 cameras streaming, 12 subscribers" (systemd STATUS=)."""
         streaming = sum(c.state is CameraState.STREAMING for c in self.cameras.cameras.values())
-        readers = sum(s.connected for s in self.fanout.subscribers.values())
+        readers = sum(s.connected for s in list(self.fanout.subscribers.values()))
+        # those reconcile applied: the loop thread adds them to fanout.subscribers later
         return (f"{streaming}/{len(self.cameras.cameras)} cameras streaming, "
-                f"{len(self.fanout.subscribers)} subscribers ({readers} connected)")
+                f"{len(self._specs)} subscribers ({readers} connected)")
+
+    def fifo_dir_lost(self) -> bool:
+        """fifo_dir (its lock file) was removed under us, e.g. /run/framebus/NAME by the stop
+        of framebus.service: FIFOs, token and control socket went with it."""
+        if self._lock_fd is None:
+            return False
+        try:
+            return os.fstat(self._lock_fd).st_nlink == 0
+        except OSError:
+            return True
 
     def reconcile(self, config: Config, passwords: dict[str, SecretStr | None]) -> None:
         """Make the running cameras and subscribers match ``config``; unchanged ones stay."""
@@ -378,6 +389,10 @@ def run(config: Config, passwords: dict[str, SecretStr | None] | None = None,
                 break
             if signal.SIGHUP in signals and config_path is not None:
                 reload(daemon, config_path, notifier, host)
+            if daemon.fifo_dir_lost():  # 1: systemd restarts it, which makes the directory
+                log.error("%s was removed under the daemon (its FIFOs, lock and token with "
+                          "it): exiting to start again", daemon.config.fifo_dir)
+                return 1
             notifier.status(daemon.status_line())
     finally:
         notifier.stopping()

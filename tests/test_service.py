@@ -223,3 +223,34 @@ def test_redaction_filter_removes_userinfo_from_any_log_line(
     with caplog.at_level(logging.INFO):
         logger.info("opening %s", "rtsp://admin:hunter2@192.0.2.1/live")
     assert "hunter2" not in caplog.text and "rtsp://***@192.0.2.1/live" in caplog.text
+
+
+def test_reload_counts_after_applying_and_a_removed_fifo_dir_ends_the_daemon(
+    tmp_path: Path,
+) -> None:
+    # issue 21: the "reloaded" line (and READY's STATUS=) counted subscribers before the loop
+    # thread had added the new one; and framebus@NAME never noticed /run/framebus/NAME being
+    # removed by framebus.service's stop (now: exit 1, which systemd's Restart= answers)
+    config = tmp_path / "framebus.yaml"
+    camera = {"url": "lavfi:testsrc2=size=160x120:rate=10,realtime"}
+
+    def write(subscribers: list[str]) -> None:
+        config.write_text(yaml.safe_dump({
+            "fifo_dir": str(tmp_path / "fifos"), "http": {"enabled": False},
+            "cameras": {"cam": camera},
+            "subscribers": {name: {"camera": "cam"} for name in subscribers}}))
+    write(["s1"])
+    daemon = DaemonProcess(config)
+    try:
+        wait_for(lambda: daemon.logged("framebus running"), 20, "the daemon to start")
+        write(["s1", "s2", "s3"])
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: daemon.logged("reloaded"), 20, "the reload")
+        assert daemon.logged(", 3 subscribers (0 connected)")
+        for path in (tmp_path / "fifos").iterdir():
+            path.unlink()
+        (tmp_path / "fifos").rmdir()
+        assert daemon.proc.wait(10) == 1
+        assert daemon.logged("was removed under the daemon")
+    finally:
+        daemon.stop()
