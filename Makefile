@@ -31,7 +31,7 @@ soak: setup
 	$(PY) tests/reliability.py && exit $$status
 
 lint: setup
-	$(VENV)/bin/ruff check framebus tests bench
+	$(VENV)/bin/ruff check framebus tests bench scripts scripts/systemd-check
 	$(VENV)/bin/mypy framebus bench
 
 # `make systemd-check`: framebus under a real systemd (Debian 12 booted with systemd-nspawn,
