@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="watch for this many seconds, then stop")
     demo.add_argument("--keep", action="store_true",
                       help="keep the temporary directory (config, FIFOs, daemon log)")
+    from framebus.testsrc.command import add_parser as add_testsrc
+
+    add_testsrc(sub)
     return parser
 
 
@@ -216,6 +219,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         with consumer_log(args.config):
             return dump(args.fifo, args.out, args.count, args.image, args.timeout,
                         remote=remote_config(args))
+    if args.command == "testsrc":
+        from framebus.testsrc.command import run_testsrc
+
+        return run_testsrc(args, sys.stdout)
     if args.command == "demo":
         from framebus.demo import run_demo
 
