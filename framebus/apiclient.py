@@ -1,5 +1,10 @@
 """Talking to the daemon's HTTP API from a client: where the token comes from, a JSON request
-over TCP or the Unix socket. Used by framebus.client.request_frame and the CLI."""
+over TCP (http:// or https://) or the Unix socket. Used by framebus.client.request_frame and
+the CLI.
+
+https:// URLs are verified against the system's CAs, or only against ``ca_file`` (else
+``$FRAMEBUS_CA_FILE``): the daemon's self-signed certificate or the CA that signed it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -83,11 +89,37 @@ def unreachable(where: str, exc: OSError) -> DaemonUnreachable:
                              "$FRAMEBUS_URL names another)")
 
 
+def tls_context(ca_file: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """A client context verifying the daemon's certificate and name: against ``ca_file``
+    (else ``$FRAMEBUS_CA_FILE``) alone, or the system's CAs; FramebusError naming a CA file
+    that cannot be loaded."""
+    ca_file = ca_file or os.environ.get("FRAMEBUS_CA_FILE") or None
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise FramebusError(f"cannot load the CA file {ca_file}: {reason}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def tls_failure(where: str, exc: ssl.SSLError) -> FramebusError:
+    """The one-line error for an HTTPS connection that failed in TLS, saying what to check."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return FramebusError(f"TLS: the daemon at {where} was not verified: "
+                             f"{exc.verify_message} (give --ca-file or $FRAMEBUS_CA_FILE: its "
+                             "certificate or the CA that signed it; the URL's host must be a "
+                             "name or address in the certificate)")
+    return FramebusError(f"TLS with the daemon at {where} failed: {exc.reason or exc} (does "
+                         "it serve HTTPS? http.tls_cert in its config; else use http://)")
+
+
 def request(method: str, url: str, unix_socket: str | None, path: str, body: bytes | None,
-            token: str | None, timeout: float, headers: dict[str, str] | None = None
-            ) -> tuple[int, bytes]:
-    """One request over TCP or a Unix socket; returns (status, body bytes). Without ``token``,
-    over TCP, uses ``default_token()`` (the socket needs none); an unreachable daemon is a
+            token: str | None, timeout: float, headers: dict[str, str] | None = None,
+            ca_file: str | os.PathLike[str] | None = None) -> tuple[int, bytes]:
+    """One request over TCP (HTTPS for an https:// URL, see ``tls_context``) or a Unix
+    socket; returns (status, body bytes). Without ``token``, over TCP, uses
+    ``default_token()`` (the socket needs none); an unreachable daemon is a
     DaemonUnreachable naming the URL or socket."""
     sent = dict(headers or {})
     if token is None and unix_socket is None:
@@ -99,13 +131,23 @@ def request(method: str, url: str, unix_socket: str | None, path: str, body: byt
         connection, where = UnixHTTPConnection(unix_socket, timeout), f"unix socket {unix_socket}"
     else:
         parts = urlsplit(url)
-        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1",
-                                                parts.port or 8470, timeout=timeout)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 8470
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(host, port, timeout=timeout,
+                                                     context=tls_context(ca_file))
+        else:
+            connection = http.client.HTTPConnection(host, port, timeout=timeout)
         where = url
     try:
         connection.request(method, path, body, sent)
         response = connection.getresponse()
         return response.status, response.read()
+    except ssl.SSLError as exc:
+        raise tls_failure(where, exc) from None
+    except http.client.RemoteDisconnected as exc:  # what plain HTTP gets from an HTTPS port
+        hint = " (if it serves HTTPS, use an https:// URL)" if url.startswith("http:") else ""
+        raise DaemonUnreachable(f"the framebus daemon at {where} closed the connection "
+                                f"without an answer: {exc}{hint}") from None
     except UNREACHABLE as exc:
         raise unreachable(where, exc) from None
     finally:
@@ -113,12 +155,14 @@ def request(method: str, url: str, unix_socket: str | None, path: str, body: byt
 
 
 def request_json(method: str, url: str, unix_socket: str | None, path: str,
-                 body: dict[str, object] | None, token: str | None, timeout: float
+                 body: dict[str, object] | None, token: str | None, timeout: float,
+                 ca_file: str | os.PathLike[str] | None = None
                  ) -> tuple[int, dict[str, object]]:
     """One JSON request (see ``request``); returns (status, decoded JSON body)."""
     status, data = request(method, url, unix_socket, path,
                            None if body is None else json.dumps(body).encode(), token, timeout,
-                           {"Content-Type": "application/json"} if body is not None else None)
+                           {"Content-Type": "application/json"} if body is not None else None,
+                           ca_file)
     try:
         decoded = json.loads(data or b"{}")
     except ValueError:
@@ -127,9 +171,10 @@ def request_json(method: str, url: str, unix_socket: str | None, path: str,
 
 
 def post_json(url: str, unix_socket: str | None, path: str, body: dict[str, object],
-              token: str | None, timeout: float) -> tuple[int, dict[str, object]]:
+              token: str | None, timeout: float, ca_file: str | os.PathLike[str] | None = None
+              ) -> tuple[int, dict[str, object]]:
     """POST JSON (see ``request_json``)."""
-    return request_json("POST", url, unix_socket, path, body, token, timeout)
+    return request_json("POST", url, unix_socket, path, body, token, timeout, ca_file)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -20,7 +20,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-URL_HELP = "the daemon's control URL (default: $FRAMEBUS_URL, else http://127.0.0.1:8470)"
+URL_HELP = ("the daemon's control URL, http:// or https:// (default: $FRAMEBUS_URL, else "
+            "http://127.0.0.1:8470)")
+CA_HELP = ("for an https:// URL: trust only this PEM file (the daemon's self-signed certificate "
+           "or its CA; default: $FRAMEBUS_CA_FILE, else the system's CAs)")
 
 
 def _positive_int(text: str) -> int:
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fetch the raw frame through a private FIFO instead of HTTP")
     snap.add_argument("--url", default=default_url(), help=URL_HELP)
     snap.add_argument("--unix-socket")
+    snap.add_argument("--ca-file", type=Path, help=CA_HELP)
     snap.add_argument("--fifo-dir", help="where to make the private FIFO (with --fifo)")
     snap.add_argument("--width", type=_positive_int)
     snap.add_argument("--height", type=_positive_int)
@@ -106,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     stat = sub.add_parser("status", help="cameras and subscribers at a glance (exit 3: degraded)")
     stat.add_argument("--url", default=default_url(), help=URL_HELP)
     stat.add_argument("--unix-socket")
+    stat.add_argument("--ca-file", type=Path, help=CA_HELP)
     stat.add_argument("--token-file", type=Path,
                       help="default: $FRAMEBUS_TOKEN, $FRAMEBUS_TOKEN_FILE, "
                       "/run/framebus/api.token")

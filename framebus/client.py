@@ -133,6 +133,7 @@ def request_frame(
     timeout: float = 5.0,
     newer_than: int | None = None,
     max_age: float | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
 ) -> Frame:
     """The newest frame of ``camera``, now, through a private FIFO.
 
@@ -148,6 +149,8 @@ def request_frame(
     /run/framebus/control.sock): there the daemon knows the calling user and writes into
     that user's FIFO. Over TCP (``url`` and the token) it only writes into FIFOs of its own
     user, since every holder of the token looks alike (403 ``fifo_refused`` otherwise).
+    An https:// ``url`` is verified against ``ca_file`` (else ``$FRAMEBUS_CA_FILE``, else the
+    system's CAs).
     """
     directory = Path(fifo_dir or os.environ.get("FRAMEBUS_FIFO_DIR", DEFAULT_REQUEST_DIR))
     path = directory / f"request-{os.getpid()}-{secrets.token_hex(6)}.fifo"
@@ -181,7 +184,7 @@ def request_frame(
                 try:
                     answer.append(post_json(url, unix_socket,
                                             f"/v1/cameras/{camera}/snapshot-to-fifo",
-                                            body, token, timeout + 5.0))
+                                            body, token, timeout + 5.0, ca_file))
                 except BaseException as exc:  # re-raised in the caller's thread
                     failure.append(exc)
                 if failure or answer[0][0] != 200:  # no frame will come: end the reader's wait

@@ -38,6 +38,7 @@ from framebus.remote.settings import (
     check_zenoh_url,
     host_name,
 )
+from framebus.tlsconfig import HttpTls, check_exposure
 from framebus.urls import find_credentials
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -233,8 +234,8 @@ class SubscriberConfig(_Strict):
         return self
 
 
-class HttpConfig(_Strict):
-    """The control plane: HTTP API and /metrics."""
+class HttpConfig(HttpTls):
+    """The control plane: HTTP API and /metrics; HTTPS with the ``tls_*`` keys (tlsconfig)."""
 
     enabled: bool = True
     listen: str = "127.0.0.1:8470"  # host:port; port 0 picks a free one
@@ -262,6 +263,12 @@ class HttpConfig(_Strict):
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ValueError(f"expected host:port like '127.0.0.1:8470', got {listen!r}")
         return listen
+
+    @model_validator(mode="after")
+    def _not_exposed_in_plain(self) -> HttpConfig:
+        tcp = self.unix_socket is None or "listen" in self.model_fields_set  # as control.py
+        check_exposure(self, self.listen, self.enabled and tcp)
+        return self
 
 
 class Config(_Strict):

@@ -33,12 +33,14 @@ from pydantic import SecretStr
 from framebus.access import host_allowed, host_name, origin_allowed, token_matches
 from framebus.api import ApiError, Reply
 from framebus.api_handlers import Handlers
+from framebus.errors import ConfigError
 from framebus.http_server import App, HttpServer, Limits, Peer, Request, Response, error_response
 from framebus.jsonbody import MAX_DEPTH, JsonTooDeep, loads_bounded
 from framebus.lograte import REQUEST_LINES, bound
 from framebus.metrics import OTHER, HttpRequestStats, build_registry, render
 from framebus.query import parse_query
 from framebus.scrape import SharedRender
+from framebus.tlsconfig import server_context
 from framebus.view import DaemonView
 from framebus.web import Web
 
@@ -256,10 +258,14 @@ class ControlPlane:
 
     def __init__(self, view: DaemonView, token: SecretStr, max_connections: int) -> None:
         http = view.config.http
+        # first: a bad certificate or key is a config error before anything is started
+        self.tls = server_context(http)
+        self._http = http
         self.workers = ThreadPoolExecutor(http.workers, thread_name_prefix="http-worker")
         self.api = Api(view, token, self.workers, http.workers, lambda: self.peer_stats)
         self.limits = Limits(max_connections=max_connections,
-                             head_timeout=http.head_timeout, body_timeout=http.body_timeout,
+                             handshake_timeout=http.head_timeout, head_timeout=http.head_timeout,
+                             body_timeout=http.body_timeout,
                              write_timeout=http.write_timeout, max_body=http.max_body_bytes)
         self.server = HttpServer(self.api, self.limits)
         self.loop = asyncio.new_event_loop()
@@ -290,7 +296,7 @@ class ControlPlane:
             host, _, port = self._listen.rpartition(":")
             try:
                 address = self.loop.run_until_complete(
-                    self.server.listen_tcp(host.strip("[]"), int(port)))
+                    self.server.listen_tcp(host.strip("[]"), int(port), self.tls))
             except OSError as exc:
                 self.loop.run_until_complete(self.server.close())  # the socket, if bound
                 raise OSError(exc.errno, f"http.listen {self._listen}: {exc.strerror}") from None
@@ -299,9 +305,25 @@ class ControlPlane:
         self.loop.call_soon_threadsafe(self._report_suppressed)
         self._thread.start()
         # the first word after "listening on" is the address clients read from the log
-        log.info("http: listening on %s (at most %d connections)",
+        log.info("http: listening on %s (%sat most %d connections)",
                  " and on the Unix socket ".join(places),
-                 self.limits.max_connections)
+                 "HTTPS, " if self.tls else "", self.limits.max_connections)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the certificate and key files again (renewed ones) for connections
+        from now on; on failure log why and keep serving the loaded ones."""
+        if self.tls is None or not self._thread.is_alive():
+            return
+        try:
+            context = server_context(self._http)
+        except ConfigError as exc:
+            log.error("reload: keeping the loaded TLS certificate: %s", exc)
+            return
+        assert context is not None
+        self.tls = context
+        # the loop thread reads it at each accept: set it there, as one reference
+        self.loop.call_soon_threadsafe(setattr, self.server, "tls", context)
+        log.info("reload: TLS certificate and key loaded again")
 
     def _report_suppressed(self) -> None:
         """Every ``report_s``: say how many request log lines were suppressed, if any."""

@@ -29,6 +29,8 @@ Invariants:
   ``write_timeout``, little is in flight (the next chunk is asked for once the kernel took the
   last, into a small send buffer), it ends when the client closes, and at ``close()``. How
   many may run and for how long is the app's to bound.
+- With TLS (``listen_tcp(..., tls=context)``) a connection counts, idle, from its accept;
+  its handshake runs on the loop within ``handshake_timeout`` (http_tls.py says how).
 """
 
 from __future__ import annotations
@@ -40,15 +42,17 @@ import itertools
 import json
 import logging
 import socket
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Protocol
 
 import h11
 
+from framebus.http_app import App, Headers, Limits, Response, Stream, error_response
 from framebus.http_io import Peer, Request, peer_of, read_body, read_head, request_of, until_eof
+from framebus.http_tls import Held, handshake
 
 log = logging.getLogger("framebus.http")
 
@@ -60,62 +64,6 @@ _REASONS = {int(status): status.phrase.encode() for status in HTTPStatus}
 # a client that reset or vanished (ConnectionError covers ECONNRESET, EPIPE and the like)
 _PEER_GONE = frozenset({errno.ENOTCONN, errno.ESHUTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
-Headers = list[tuple[str, str]]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How much any one client may take."""
-
-    max_connections: int = 512
-    head_timeout: float = 10.0
-    body_timeout: float = 10.0
-    write_timeout: float = 30.0
-    max_head: int = 16384
-    max_body: int = 65536
-    backlog: int = 1024
-
-
-class Stream(Protocol):
-    """A body sent as it is made: chunks from ``async for``; ``aclose()`` is awaited once the
-    answer ends, however it ends (complete, client gone, write timeout, server closing), even
-    if iteration never started."""
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    def aclose(self) -> Awaitable[None]: ...
-
-
-@dataclass
-class Response:
-    """An answer: status, headers (Content-Length is added) and the whole body; or, with
-    ``stream``, a body of unknown length sent chunk by chunk (see the module's invariants)."""
-
-    status: int
-    headers: Headers = field(default_factory=list)
-    body: bytes = b""
-    stream: Stream | None = None
-
-
-def error_response(status: int, error: str, detail: str, headers: Headers | None = None
-                   ) -> Response:
-    """A JSON error body ``{"error": ..., "detail": ...}``, the API's one error shape."""
-    body = json.dumps({"error": error, "detail": detail}).encode()
-    return Response(status, [("Content-Type", "application/json"), *(headers or [])], body)
-
-
-class App:
-    """What the server serves. Subclasses override both methods."""
-
-    def head(self, request: Request) -> Response | None:
-        """Called once the head is in, before any body byte is read: an answer refuses the
-        request (its body is never read), None lets it go on to ``__call__``."""
-        return None
-
-    async def __call__(self, request: Request, body: bytes) -> Response:
-        """Answer a request whose head ``head`` accepted."""
-        raise NotImplementedError
-
 
 class _Closed(Exception):
     """The client went away or broke the protocol: nothing more to send."""
@@ -124,7 +72,7 @@ class _Closed(Exception):
 @dataclass
 class _Connection:
     task: asyncio.Task[None]
-    writer: asyncio.StreamWriter
+    transport: asyncio.WriteTransport  # the TLS one once the handshake is done
     idle: bool = True
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -149,15 +97,27 @@ class HttpServer:
         self.refused = 0  # at the cap with nothing idle to evict
         self.evicted = 0  # idle connections closed to make room
         self.timed_out = 0
+        self.tls_failed = 0  # handshakes refused (wrong CA, plain HTTP, ...) or abandoned
+        # what new TLS connections get: replaced as a whole (a renewed certificate), never
+        # changed in place, so a handshake never sees half a reload
+        self.tls: ssl.SSLContext | None = None
         self._ids = itertools.count()
         self._servers: list[asyncio.Server] = []
 
-    async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on host:port; returns the bound address (port 0 picks one)."""
+    async def listen_tcp(self, host: str, port: int, tls: ssl.SSLContext | None = None
+                         ) -> tuple[str, int]:
+        """Listen on host:port, in HTTPS with ``tls``; returns the bound address (port 0
+        picks one)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=self.limits.backlog)
-        await self._serve_on(sock, asyncio.start_server(self._accept, sock=sock,
-                                                        backlog=ACCEPT_BATCH))
+        if tls is None:
+            serving = asyncio.start_server(self._accept, sock=sock, backlog=ACCEPT_BATCH)
+        else:
+            self.tls = tls
+            serving = asyncio.get_running_loop().create_server(
+                lambda: Held(lambda t: asyncio.ensure_future(self._accept_tls(t))), sock=sock,
+                backlog=ACCEPT_BATCH)
+        await self._serve_on(sock, serving)
         address = sock.getsockname()
         return str(address[0]), int(address[1])
 
@@ -200,7 +160,7 @@ class HttpServer:
         _, key = min(idle)
         oldest = self.connections.pop(key)  # at once: its task ends later, its slot is free now
         oldest.task.cancel()
-        oldest.writer.transport.abort()
+        oldest.transport.abort()
         self.evicted += 1
         return True
 
@@ -210,13 +170,42 @@ class HttpServer:
             writer.transport.write(BUSY)
             writer.transport.close()
             return
+        await self._guard(writer.transport, lambda c: self._serve(reader, writer, c,
+                                                                  peer_of(writer)))
+
+    async def _accept_tls(self, transport: asyncio.Transport) -> None:
+        if not self._make_room():
+            self.refused += 1  # no 503: a TLS client could not read it before a handshake
+            transport.abort()
+            return
+        context = self.tls
+        assert context is not None
+
+        async def tls(connection: _Connection) -> None:
+            try:
+                reader, writer = await handshake(transport, context,
+                                                 self.limits.handshake_timeout)
+            except (ssl.SSLError, ConnectionError):  # wrong CA, plain HTTP, a client gone
+                self.tls_failed += 1
+                raise _Closed() from None
+            except TimeoutError:
+                self.tls_failed += 1
+                raise
+            connection.transport = writer.transport
+            await self._serve(reader, writer, connection, peer_of(writer))
+        await self._guard(transport, tls)
+
+    async def _guard(self, transport: asyncio.WriteTransport,
+                     serve: Callable[[_Connection], Awaitable[None]]) -> None:
+        """Count the connection (idle until a request head is in) while ``serve`` runs,
+        end it however that ends, and abort its socket."""
         key = next(self._ids)
         task = asyncio.current_task()
         assert task is not None
-        connection = _Connection(task, writer)
+        connection = _Connection(task, transport)
         self.connections[key] = connection
         try:
-            await self._serve(reader, writer, connection, peer_of(writer))
+            await serve(connection)
         except (_Closed, asyncio.CancelledError):
             pass
         except TimeoutError:
@@ -228,7 +217,7 @@ class HttpServer:
             log.exception("http: connection failed")
         finally:
             self.connections.pop(key, None)  # gone already if it was evicted
-            writer.transport.abort()
+            connection.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      connection: _Connection, peer: Peer) -> None:
@@ -295,7 +284,8 @@ class HttpServer:
         destroy the answer before the client reads it: half-close, then read and discard
         what is still coming for a bounded time and amount, as HTTP/1.1 section 9.6 asks."""
         try:
-            writer.write_eof()
+            if writer.can_write_eof():  # TLS has no half-close: the client closes after us
+                writer.write_eof()
         except OSError as exc:  # the client reset already: nothing left to wait for
             if _peer_gone(exc):
                 return
@@ -386,5 +376,5 @@ def _peer_gone(exc: OSError) -> bool:
     return isinstance(exc, ConnectionError) or exc.errno in _PEER_GONE
 
 
-__all__ = ["App", "HttpServer", "Limits", "Peer", "Request", "Response", "Stream",
+__all__ = ["App", "Headers", "HttpServer", "Limits", "Peer", "Request", "Response", "Stream",
            "error_response"]

@@ -27,7 +27,8 @@ def snapshot(args: argparse.Namespace) -> int:
         try:
             frame = request_frame(args.camera, url=args.url, unix_socket=args.unix_socket,
                                   fifo_dir=args.fifo_dir, format="bgr24", width=args.width,
-                                  height=args.height, token=token, timeout=args.timeout)
+                                  height=args.height, token=token, timeout=args.timeout,
+                                  ca_file=args.ca_file)
         except FrameRequestError as exc:
             raise FramebusError(str(exc)) from None
         data = encode_image(to_video_frame(frame.header, frame.payload), kind, args.quality)
@@ -55,7 +56,7 @@ def _get_image(args: argparse.Namespace, kind: str, token: str | None) -> bytes:
     ext = "png" if kind == "png" else "jpg"
     path = f"/v1/cameras/{args.camera}/snapshot.{ext}?{urlencode(query)}"
     status, body = request("GET", args.url, args.unix_socket, path, None, token,
-                           args.timeout + 5)
+                           args.timeout + 5, ca_file=args.ca_file)
     if status != 200:
         detail = body[:300].decode("utf-8", "replace")
         hint = unauthorized_hint(args.token_file) if status == 401 else ""

@@ -23,7 +23,7 @@ def fetch(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, path in (("cameras", "/v1/cameras"), ("subscriptions", "/v1/subscriptions")):
         status, body = request_json("GET", args.url, args.unix_socket, path, None, token,
-                                    args.timeout)
+                                    args.timeout, args.ca_file)
         if status != 200:
             hint = unauthorized_hint(args.token_file) if status == 401 else ""
             raise FramebusError(f"GET {path}: HTTP {status} {body.get('error', '')}: "

@@ -30,7 +30,8 @@ class DaemonLink:
     def __init__(self, config: Config) -> None:
         http = config.http
         self.unix_socket = str(http.unix_socket) if http.unix_socket else None
-        self.url = f"http://{http.listen.replace('0.0.0.0', '127.0.0.1')}"
+        scheme = "https" if http.tls else "http"  # TLS: verified by $FRAMEBUS_CA_FILE
+        self.url = f"{scheme}://{http.listen.replace('0.0.0.0', '127.0.0.1')}"
         self.fifo_dir = config.fifo_dir
         self._config = config
 
