@@ -134,6 +134,24 @@ def check_passwords(config: Config, environ: dict[str, str] | None = None) -> li
     return warnings
 
 
+def check_tls(config: Config, environ: dict[str, str] | None = None) -> list[str]:
+    """For ``framebus check-config``: load the HTTPS certificate and key as ``run`` would
+    (ConfigError when they do not load); a warning when they are systemd credentials that
+    only the service can see."""
+    from framebus.tlsconfig import server_context
+
+    env = os.environ if environ is None else environ
+    http = config.http
+    if not http.enabled or not http.tls:
+        return []
+    if ((http.tls_cert_credential or http.tls_key_credential)
+            and not env.get("CREDENTIALS_DIRECTORY")):
+        return ["http.tls_cert_credential/tls_key_credential: not checked: "
+                "$CREDENTIALS_DIRECTORY is not set here (systemd sets it from LoadCredential=)"]
+    server_context(http)
+    return []
+
+
 def check_file(path: str | os.PathLike[str], environ: dict[str, str] | None = None
                ) -> tuple[Config, list[str]]:
     """``framebus check-config``: the config and its warnings (passwords that can only be
@@ -145,7 +163,7 @@ def check_file(path: str | os.PathLike[str], environ: dict[str, str] | None = No
     problems = fifo_problems(config)
     if problems:
         raise problems_error(str(path), problems)
-    warnings = check_passwords(config, environ)
+    warnings = check_passwords(config, environ) + check_tls(config, environ)
     if not config.cameras:
         empty = not Path(path).read_text().strip()
         what = "the file is empty" if empty else "no cameras are configured"

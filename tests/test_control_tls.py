@@ -27,6 +27,7 @@ from waiting import wait_for
 from framebus.apiclient import DaemonUnreachable, request, request_json
 from framebus.cli import main
 from framebus.config import parse_config
+from framebus.configcheck import check_file
 from framebus.daemon import Daemon
 from framebus.errors import ConfigError, FramebusError
 from framebus.testsrc.tlscerts import Ca, HostCert, make_ca
@@ -333,3 +334,20 @@ def test_tls_settings_are_checked_at_load() -> None:
     with pytest.raises(ConfigError, match="tls_key_credential"):
         parse_config({"http": {"tls_cert": "/c.pem", "tls_key_credential": "../../etc/x"}})
     assert is_loopback("127.3.4.5") and not is_loopback("::")
+
+
+def test_check_config_loads_the_certificate(
+        pki: tuple[Ca, HostCert, Ca], tmp_path: Path) -> None:
+    _, server, rogue = pki
+    config = tmp_path / "framebus.yaml"
+    body = 'cameras: {front: {url: "rtsp://192.0.2.1/s"}}\nhttp: {listen: "0.0.0.0:8470", '
+    config.write_text(body + f"tls_cert: {server.cert}, tls_key: {server.key}}}\n")
+    assert check_file(config, {})[1] == []
+    config.write_text(body + f"tls_cert: {rogue.cert}, tls_key: {server.key}}}\n")
+    with pytest.raises(ConfigError, match="cannot load"):
+        check_file(config, {})
+    config.write_text(body + "tls_cert_credential: a.pem, tls_key_credential: a.key}\n")
+    assert "not checked" in check_file(config, {})[1][0]
+    config.write_text(body[:-2] + "}\n")
+    with pytest.raises(ConfigError, match="allow_plain_http"):
+        check_file(config, {})
