@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import resource
 import signal
-import socket
 import stat
 import threading
-from collections import deque
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
@@ -35,8 +33,10 @@ from framebus.config import (
 )
 from framebus.errors import ConfigError, FifoError, FramebusError
 from framebus.fanout import FanoutLoop, SubscriberSpec
+from framebus.fifo import fifo_key, remove_made_fifo
 from framebus.sdnotify import Notifier
 from framebus.shm import remove_stale
+from framebus.signals import SignalInbox
 from framebus.store import LatestFrameStore, Rendition
 from framebus.wire import PixelFormat
 
@@ -57,21 +57,34 @@ def lock_fifo_dir(fifo_dir: Path) -> int:
     """Take the one-daemon-per-fifo_dir lock (flock on ``fifo_dir/.framebus.lock``, holding
     our pid); the fd stays open for the daemon's life, the kernel drops the lock at exit."""
     path = fifo_dir / LOCK_NAME
-    try:
-        fifo_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        raise FifoError(f"{path}: cannot open the daemon lock: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    while True:
+        try:
+            fifo_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise FifoError(f"{path}: cannot open the daemon lock: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(f"another framebus (pid {holder}) is running on {fifo_dir}: "
+                                 f"it holds the lock {path}") from None
+        if os.fstat(fd).st_nlink:  # not a file a failed start unlinked before we locked it
+            break
         os.close(fd)
-        raise AlreadyRunning(f"another framebus (pid {holder}) is running on {fifo_dir}: it "
-                             f"holds the lock {path}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def raise_fd_limit() -> int:
@@ -126,15 +139,30 @@ class Daemon:
         self._stopped = False
         self._specs: dict[str, SubscriberSpec] = {}
         self._made_fifos: set[Path] = set()  # every subscriber FIFO path, removed ones too
+        self._created: dict[Path, tuple[int, int]] = {}  # FIFOs this process made: (dev, ino)
         self._lock = threading.Lock()  # reconcile runs from the main and the HTTP threads
 
     def start(self) -> None:
         """Lock fifo_dir, start the fan-out loop, reconcile with the config, then serve HTTP."""
-        self._lock_fd = lock_fifo_dir(self.config.fifo_dir)  # before touching anything there
+        fifo_dir = self.config.fifo_dir
+        made_dirs = missing_dirs(fifo_dir)
+        lock_made = not os.path.lexists(fifo_dir / LOCK_NAME)
+        self._lock_fd = lock_fifo_dir(fifo_dir)  # before touching anything there
         try:
             self._start()
         except BaseException:
-            self.stop()  # a failed start leaves nothing behind: no thread, FIFO writer, lock
+            # a failed start (the HTTP port is taken ...) leaves nothing behind: no thread,
+            # FIFO writer or lock, and none of the FIFOs, lock file or directories it made
+            self._halt()
+            for path, key in self._created.items():
+                remove_made_fifo(path, key)
+            self._created.clear()
+            if lock_made:  # unlinked while still held (lock_fifo_dir checks st_nlink)
+                (fifo_dir / LOCK_NAME).unlink(missing_ok=True)
+            for directory in made_dirs:  # deepest first; one holding anything else stays
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            self.stop()
             raise
 
     def _start(self) -> None:
@@ -198,7 +226,7 @@ class Daemon:
         with self._lock:
             if name in self.config.subscribers or name in self.dynamic:
                 return False
-            self.fanout.add(spec)
+            self._made(spec.path, self.fanout.add(spec))
             self._specs[name] = spec
             self._made_fifos.add(spec.path)
             self.dynamic[name] = sub
@@ -211,6 +239,7 @@ class Daemon:
             self.dynamic.pop(name, None)
             spec = self._specs.pop(name, None)
             if spec is not None:
+                self._created.pop(spec.path, None)
                 self.fanout.remove(name)
                 with contextlib.suppress(OSError):
                     if stat.S_ISFIFO(os.lstat(spec.path).st_mode):
@@ -276,7 +305,7 @@ class Daemon:
             if self._specs.get(name) == spec:
                 continue
             try:
-                self.fanout.add(spec)
+                self._made(spec.path, self.fanout.add(spec))
             except FifoError as exc:  # one bad path disturbs nobody else
                 log.error("subscriber %s: %s", name, exc, extra={"SUBSCRIBER": name})
                 self.subscriber_errors[name] = str(exc)
@@ -284,11 +313,28 @@ class Daemon:
             self.subscriber_errors.pop(name, None)
             self._specs[name] = spec
             self._made_fifos.add(spec.path)
+        # FIFOs this process made that no subscriber uses any more (removed or moved): gone
+        # too, in the loop thread after the removals above (so it does not make them again);
+        # a path we did not make, or one another subscriber shares, stays
+        in_use = {spec.path for spec in self._specs.values()}
+        for path in [p for p in self._created if p not in in_use]:
+            self.fanout.call(functools.partial(remove_made_fifo, path, self._created.pop(path)))
         self.config, self.passwords = config, passwords
 
+    def _made(self, path: Path, created: bool) -> None:
+        key = fifo_key(path) if created else None
+        if key is not None:
+            self._created[path] = key
+
     def stop(self) -> None:
-        """Stop HTTP and cameras first (no new frames), then let the fan-out finish messages.
-        Idempotent: a failed start has stopped already."""
+        """Stop HTTP and cameras first (no new frames), then let the fan-out finish messages,
+        then release the lock. Idempotent: a failed start has stopped already."""
+        self._halt()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _halt(self) -> None:
         if self._stopped:
             return
         self._stopped = True
@@ -298,49 +344,6 @@ class Daemon:
         self.fanout.stop()
         if self.token_path is not None:
             self.token_path.unlink(missing_ok=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-
-class SignalInbox:
-    """Signal handlers that only record; ``wait`` returns the signals received."""
-
-    HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self._received: deque[int] = deque()
-        self._reader, self._writer = socket.socketpair()
-        self._reader.setblocking(False)
-        self._writer.setblocking(False)
-        self._previous_fd = -1
-
-    def install(self) -> None:
-        """Take over SIGTERM, SIGINT and SIGHUP (main thread only); ignore SIGPIPE."""
-        assert threading.current_thread() is threading.main_thread()
-        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        for signum in self.HANDLED:
-            signal.signal(signum, self._record)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # EPIPE comes back as an error instead
-
-    def _record(self, signum: int, _frame: FrameType | None) -> None:
-        self._received.append(signum)
-
-    def wait(self, timeout: float) -> list[int]:
-        """Block up to ``timeout`` for signals; return those received, oldest first."""
-        import select
-
-        if not self._received:
-            select.select([self._reader], [], [], timeout)
-        try:
-            while self._reader.recv(64):
-                pass
-        except BlockingIOError:
-            pass
-        signals = []
-        while self._received:
-            signals.append(self._received.popleft())
-        return signals
 
 
 def reload(daemon: Daemon, path: Path, notifier: Notifier, host: str | None = None) -> None:

@@ -85,7 +85,7 @@ class FanoutLoop:
         self._retiring: list[Subscriber] = []
         self._woken: deque[str] = deque()
         self._states_woken: deque[tuple[str, CameraStatus]] = deque()
-        self._commands: deque[Callable[[], None]] = deque()
+        self._commands: deque[Callable[[], object]] = deque()
         self._stopping = False
         self._drain_deadline_ns = 0
         # (release at, what to do) after we closed: drop a pin, then vacate the seats
@@ -113,14 +113,15 @@ class FanoutLoop:
         self._states_woken.append((camera, status))
         os.eventfd_write(self._waker, 1)
 
-    def call(self, command: Callable[[], None]) -> None:
+    def call(self, command: Callable[[], object]) -> None:
         """Run ``command`` inside the loop thread, soon."""
         self._commands.append(command)
         os.eventfd_write(self._waker, 1)
 
-    def add(self, spec: SubscriberSpec) -> None:
-        """Create the FIFO (FifoError if the path is unsafe) and start serving it."""
-        ensure_fifo(spec.path, spec.mode, spec.group)
+    def add(self, spec: SubscriberSpec) -> bool:
+        """Create the FIFO (FifoError if the path is unsafe) and start serving it; True if
+        this call made the FIFO (it was not there)."""
+        created = ensure_fifo(spec.path, spec.mode, spec.group)
         for camera in spec.all_cameras:
             self.store.want(camera, spec.rendition)
         sub = Subscriber(spec)
@@ -128,6 +129,7 @@ class FanoutLoop:
             seat = sub.shm_seats[camera] = self.exporter.want(key)
             sub.shm_keys[camera] = seat.key  # the exporter's own: lookups match by identity
         self.call(functools.partial(self._add, sub))
+        return created
 
     def remove(self, name: str) -> None:
         """Stop serving a subscriber (its reader sees EOF at a message boundary soon)."""

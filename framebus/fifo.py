@@ -68,6 +68,27 @@ def ensure_fifo(path: Path, mode: int = 0o660, group: str | None = None) -> bool
     return False
 
 
+def fifo_key(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the FIFO at ``path`` (not followed); None if it is not one."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISFIFO(info.st_mode) else None
+
+
+def remove_made_fifo(path: Path, key: tuple[int, int]) -> bool:
+    """Unlink ``path`` only while it is still the very FIFO we made (``key`` from
+    :func:`fifo_key` at creation): a path someone else made since is left alone."""
+    if fifo_key(path) != key:
+        return False
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True
+
+
 class FifoMissing(FifoError):
     """The subscriber's FIFO path no longer exists (someone deleted it)."""
 

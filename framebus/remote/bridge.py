@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from framebus.config import Config, load_config
-from framebus.daemon import SignalInbox
 from framebus.errors import ConfigError, FramebusError
 from framebus.remote.daemonlink import DaemonLink
 from framebus.remote.export import Export
@@ -35,6 +34,7 @@ from framebus.remote.mapping import data_key
 from framebus.remote.session import init_zenoh_log, open_session
 from framebus.remote.settings import KEY_PREFIX, RemoteExport, host_name
 from framebus.sdnotify import Notifier
+from framebus.signals import SignalInbox
 
 log = logging.getLogger("framebus.bridge")
 TICK_S = 0.25

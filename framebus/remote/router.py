@@ -13,10 +13,10 @@ import logging
 import signal
 from pathlib import Path
 
-from framebus.daemon import SignalInbox
 from framebus.errors import ConfigError, FramebusError
 from framebus.remote.session import apply_credentials, import_zenoh, init_zenoh_log
 from framebus.sdnotify import Notifier
+from framebus.signals import SignalInbox
 
 log = logging.getLogger("framebus.router")
 
