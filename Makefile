@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(DEBS) scripts/ensure-debian-packages
 	scripts/ensure-debian-packages $(DEBS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip 'setuptools>=77'
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -40,18 +40,25 @@ lint: setup
 systemd-check: setup
 	scripts/systemd-check
 
-# docs/status-page.png, the README's picture of the status page (headless Chromium)
+# A picture of the status page (headless Chromium) in .cache/status-page.png; RECORD=1 renews
+# the README's docs/status-page.png instead (issue 21: only a recording run changes the tree).
+SHOT := $(if $(RECORD),docs/status-page.png,.cache/status-page.png)
 screenshot: setup
-	FRAMEBUS_SCREENSHOT=docs/status-page.png $(PY) -m pytest -q tests/test_web_browser.py
+	mkdir -p .cache
+	FRAMEBUS_SCREENSHOT=$(SHOT) $(PY) -m pytest -q tests/test_web_browser.py
+	@echo "screenshot: $(SHOT)"
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
 
 # `make bench` runs every benchmark (about 9 minutes on 2 cores; each is bounded in time),
 # `make bench BENCH=fanout` one of them; BENCH_ARGS=--profile adds py-spy profiles of the
-# fan-out and daemon hot paths (pip install py-spy). See README, "Benchmarks".
+# fan-out and daemon hot paths (pip install py-spy). Results go to .cache/bench/results.json;
+# `make bench RECORD=1` records them: bench/results.json and the README table. See README,
+# "Benchmarks".
 BENCH ?=
 BENCH_ARGS ?=
+RECORD ?=
 BENCH_STAMP := $(VENV)/.framebus-bench-installed
 
 .PHONY: bench
@@ -61,4 +68,4 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	touch $@
 
 bench: $(BENCH_STAMP)
-	$(PY) -m bench.run $(BENCH) $(BENCH_ARGS)
+	$(PY) -m bench.run $(BENCH) $(BENCH_ARGS) $(if $(RECORD),--record)

@@ -1,7 +1,9 @@
 """Results: ``bench/results.json``, the README's benchmark table, and PNG plots in bench/out/.
 
-Running one benchmark merges its result into the existing results.json, so the file and the
-README table always hold the latest result of every benchmark (each with its own date).
+Running one benchmark merges its result into the recorded results.json, so the file and the
+README table always hold the latest result of every benchmark (each with its own date). A run
+that is not recorded (``make bench`` without ``RECORD=1``) writes the merged document to
+``SCRATCH`` instead, outside what git tracks, and leaves the README alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from bench.common import OUT, ROOT, BenchResult
 
 RESULTS = ROOT / "bench" / "results.json"
+SCRATCH = ROOT / ".cache" / "bench" / "results.json"  # an unrecorded run's (ignored by git)
 README = ROOT / "README.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -47,9 +50,10 @@ def load_results() -> dict[str, Any]:
     return {"benchmarks": {}}
 
 
-def save_results(results: list[BenchResult], total_s: float, started: dict[str, Any]) -> \
-        dict[str, Any]:
-    """Merge ``results`` into results.json; return the whole document."""
+def save_results(results: list[BenchResult], total_s: float, started: dict[str, Any],
+                 path: Path = RESULTS) -> dict[str, Any]:
+    """Merge ``results`` into the recorded results.json and write that to ``path``; return
+    the whole document."""
     data = load_results()
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     data["machine"] = started
@@ -64,7 +68,8 @@ def save_results(results: list[BenchResult], total_s: float, started: dict[str, 
     checks = [c for b in data["benchmarks"].values() for c in b["checks"]
               if c["met"] is not None]
     data["summary"] = {"targets": len(checks), "met": sum(1 for c in checks if c["met"])}
-    RESULTS.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
     return data
 
 

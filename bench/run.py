@@ -4,11 +4,13 @@ Each benchmark runs under a hard deadline (``LIMIT_S``, or the module's own ``LI
 it, SIGALRM raises in the main thread and the benchmark's ``finally`` blocks end its child
 processes. A benchmark that fails is recorded with its error and the others still run. The
 work directory is on /dev/shm when there is one (see ``scratch_dir``). Results: printed tables,
-``bench/results.json`` (merged), the README table between the bench markers, PNGs in
-``bench/out/``. ``BENCH_SCALE=0.3`` shortens every measuring window (a smoke run; the
-results say so). ``--profile`` adds per-thread CPU and py-spy profiles of the fan-out,
-serve_many and idle windows (``bench/out/profile-*.txt``); a profiled run is printed but not
-recorded, since sampling perturbs what it measures.
+PNGs in ``bench/out/`` and, merged with the recorded ones, ``.cache/bench/results.json``; with
+``--record`` (``make bench RECORD=1``) ``bench/results.json`` and the README table between the
+bench markers instead, so that only a run meant for the record changes tracked files.
+``BENCH_SCALE=0.3`` shortens every measuring window (a smoke run; the results say so).
+``--profile`` adds per-thread CPU and py-spy profiles of the fan-out, serve_many and idle
+windows (``bench/out/profile-*.txt``); a profiled run is printed but never recorded, since
+sampling perturbs what it measures.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench.common import ROOT, BenchResult, Children, Context, format_table
-from bench.report import ORDER, machine, plots, save_results, update_readme
+from bench.report import ORDER, RESULTS, SCRATCH, machine, plots, save_results, update_readme
 
 LIMIT_S = 120
 MODULES = {name: f"bench.{name}" for name in ORDER}
@@ -108,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also profile the fanout, serve_many and idle windows "
                         "(function profiles need py-spy); a profiled run is not recorded")
-    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results.json and the README table (default: "
+                        ".cache/bench/results.json only)")
+    parser.add_argument("--no-readme", action="store_true",
+                        help="with --record: leave README.md alone")
     args = parser.parse_args(argv)
     names = []
     for raw in args.names or list(ORDER):
@@ -152,15 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nprofiled run ({total:.0f} s): {met} of {targets} targets met; results.json "
               f"and README left alone; profiles in bench/out/profile-*.txt; {shown}")
         return 1 if any(r.error for r in results) else 0
-    data = save_results(results, total, started)
-    readme = "" if args.no_readme else (
-        "README table updated" if update_readme(data) else
+    target = RESULTS if args.record else SCRATCH
+    data = save_results(results, total, started, target)
+    readme = "not recorded (make bench RECORD=1 records)" if not args.record else (
+        "" if args.no_readme else "README table updated" if update_readme(data) else
         "README markers not found: table not written")
     print(f"\nthis run: {total:.0f} s, "
           f"{sum(1 for r in results for c in r.checks if c.met)} of "
           f"{sum(1 for r in results for c in r.checks if c.met is not None)} targets met; "
           f"results.json (all benchmarks): {data['summary']['met']} of "
-          f"{data['summary']['targets']}. Wrote bench/results.json"
+          f"{data['summary']['targets']}. Wrote {target.relative_to(ROOT)}"
           f"{', ' + shown if shown else ''}{'; ' + readme if readme else ''}.")
     return 1 if any(r.error for r in results) else 0
 
