@@ -33,7 +33,7 @@ from framebus.config import (
 )
 from framebus.errors import ConfigError, FifoError, FramebusError
 from framebus.fanout import FanoutLoop, SubscriberSpec
-from framebus.fifo import fifo_key, remove_made_fifo
+from framebus.fifo import fifo_key, missing_dirs, remove_made_fifo
 from framebus.sdnotify import Notifier
 from framebus.shm import remove_stale
 from framebus.signals import SignalInbox
@@ -76,15 +76,6 @@ def lock_fifo_dir(fifo_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def missing_dirs(path: Path) -> list[Path]:
-    """``path`` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    while not os.path.lexists(path) and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
 
 
 def raise_fd_limit() -> int:

@@ -68,6 +68,15 @@ def ensure_fifo(path: Path, mode: int = 0o660, group: str | None = None) -> bool
     return False
 
 
+def missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def fifo_key(path: Path) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the FIFO at ``path`` (not followed); None if it is not one."""
     try:
