@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -217,6 +218,16 @@ def _control_address(log_path: Path, daemon: subprocess.Popen[bytes],
     return None
 
 
+def framebus_command() -> str:
+    """How to run this framebus from any shell: the venv's own ``framebus`` by its full path
+    (a bare ``framebus`` is "command not found" where the venv is not activated), else this
+    Python with ``-m framebus``."""
+    script = Path(sys.executable).with_name("framebus")
+    if script.is_file() and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m framebus"
+
+
 def _control_lines(address: str | None, fifo_dir: Path) -> str:
     if address is None:
         return "  control API        not up yet (see the daemon log)\n"
@@ -224,7 +235,7 @@ def _control_lines(address: str | None, fifo_dir: Path) -> str:
     return (f"  control API        http://{address}  (open: /healthz, /metrics; the rest needs "
             f"the token in {token})\n"
             f"  status page        http://{address}/?token=$(cat {token})\n"
-            f"    framebus status --url http://{address} --token-file {token}\n"
+            f"    {framebus_command()} status --url http://{address} --token-file {token}\n"
             f"    curl -H \"Authorization: Bearer $(cat {token})\" http://{address}/v1/cameras\n")
 
 
