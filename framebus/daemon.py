@@ -351,6 +351,8 @@ def reload(daemon: Daemon, path: Path, notifier: Notifier, host: str | None = No
             log.warning("reload: http settings changed; they apply after a restart")
             config = config.model_copy(update={"http": daemon.config.http})
         daemon.reconcile(config, passwords)
+        if daemon.control is not None:  # renewed certificate files, same paths
+            daemon.control.reload_tls()
         log.info("reloaded %s: %s", path, daemon.status_line())
     notifier.ready(daemon.status_line())
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fanoutkit import running_daemon
 from waiting import wait_for
 
@@ -28,8 +29,9 @@ from framebus.apiclient import DaemonUnreachable, request, request_json
 from framebus.cli import main
 from framebus.config import parse_config
 from framebus.configcheck import check_file
-from framebus.daemon import Daemon
+from framebus.daemon import Daemon, reload
 from framebus.errors import ConfigError, FramebusError
+from framebus.sdnotify import Notifier
 from framebus.testsrc.tlscerts import Ca, HostCert, make_ca
 from framebus.tlsconfig import is_loopback, server_context
 
@@ -283,9 +285,12 @@ def test_reload_loads_a_renewed_certificate(
     cert, key = tmp_path / "https.pem", tmp_path / "https.key"
     cert.write_bytes(server.cert.read_bytes())
     key.write_bytes(server.key.read_bytes())
-    with running_daemon({}, {}, tmp_path / "fifos", http={
-            "listen": "127.0.0.1:0", "token": TOKEN, "tls_cert": str(cert),
-            "tls_key": str(key)}) as running:
+    http_settings = {"listen": "127.0.0.1:0", "token": TOKEN, "tls_cert": str(cert),
+                     "tls_key": str(key)}
+    config_path = tmp_path / "framebus.yaml"  # what SIGHUP re-reads: the same settings
+    config_path.write_text(yaml.safe_dump({"fifo_dir": str(tmp_path / "fifos"),
+                                           "cameras": {}, "http": http_settings}))
+    with running_daemon({}, {}, tmp_path / "fifos", http=http_settings) as running:
         assert running.control is not None
 
         def serial() -> int:
@@ -297,10 +302,10 @@ def test_reload_loads_a_renewed_certificate(
         renewed = ca.issue("localhost", ips=["127.0.0.1"], stem="renewed")
         cert.write_bytes(renewed.cert.read_bytes())
         key.write_bytes(renewed.key.read_bytes())
-        running.control.reload_tls()
+        reload(running, config_path, Notifier())  # what SIGHUP runs
         second = wait_for(lambda: (s := serial()) != first and s, 10, "the renewed certificate")
         key.write_text("not a key\n")  # a broken renewal keeps the loaded certificate
-        running.control.reload_tls()
+        reload(running, config_path, Notifier())
         assert serial() == second
 
 
