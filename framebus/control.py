@@ -91,7 +91,7 @@ class Api(App):
 
     def __init__(self, view: DaemonView, token: SecretStr, workers: ThreadPoolExecutor,
                  worker_count: int,
-                 http_stats: Callable[[], tuple[int, int, int, int]] | None = None) -> None:
+                 http_stats: Callable[[], tuple[int, int, int, int, int]] | None = None) -> None:
         self.view, self.token = view, token
         self.handlers = h = Handlers(view)
         self.web = w = Web(view, token, workers)
@@ -342,10 +342,11 @@ class ControlPlane:
         REQUEST_LINES.report()
 
     @property
-    def peer_stats(self) -> tuple[int, int, int, int]:
-        """(open connections, refused at the cap, evicted idle, timed out)."""
+    def peer_stats(self) -> tuple[int, int, int, int, int]:
+        """(open connections, refused at the cap, evicted idle, timed out, TLS handshakes
+        refused or abandoned)."""
         s = self.server
-        return len(s.connections), s.refused, s.evicted, s.timed_out
+        return len(s.connections), s.refused, s.evicted, s.timed_out, s.tls_failed
 
 
 __all__ = ["Api", "ControlPlane", "Peer"]

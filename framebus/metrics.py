@@ -104,7 +104,7 @@ class FramebusCollector(Collector):
     """Reads statistics snapshots of a running daemon."""
 
     def __init__(self, daemon: DaemonView,
-                 http_stats: Callable[[], tuple[int, int, int, int]] | None = None,
+                 http_stats: Callable[[], tuple[int, int, int, int, int]] | None = None,
                  requests: HttpRequestStats | None = None) -> None:
         self.daemon = daemon
         self.http_stats = http_stats
@@ -149,7 +149,8 @@ class FramebusCollector(Collector):
             yield from self._requests(self.requests)
 
     @staticmethod
-    def _http(open_now: int, refused: int, evicted: int, timed_out: int) -> Iterator[Metric]:
+    def _http(open_now: int, refused: int, evicted: int, timed_out: int,
+              tls_failed: int) -> Iterator[Metric]:
         yield GaugeMetricFamily("framebus_http_connections", "Open HTTP connections",
                                 value=open_now)
         closed = CounterMetricFamily("framebus_http_connections_closed",
@@ -158,6 +159,7 @@ class FramebusCollector(Collector):
         closed.add_metric(["refused_at_cap"], refused)
         closed.add_metric(["evicted_idle"], evicted)
         closed.add_metric(["timeout"], timed_out)
+        closed.add_metric(["tls_failed"], tls_failed)  # wrong CA, plain HTTP, a stalled hello
         yield closed
 
     @staticmethod
@@ -346,7 +348,7 @@ def _bound(value: float) -> str:
 
 
 def build_registry(daemon: DaemonView,
-                   http_stats: Callable[[], tuple[int, int, int, int]] | None = None,
+                   http_stats: Callable[[], tuple[int, int, int, int, int]] | None = None,
                    requests: HttpRequestStats | None = None) -> CollectorRegistry:
     """A registry of framebus's own: its collector plus the standard process_* and
     python_info series (no framebus_ prefix: they are what every exporter calls them)."""

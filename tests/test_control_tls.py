@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import socket
 import ssl
 import subprocess
@@ -163,6 +164,12 @@ def test_plain_http_to_the_tls_port_fails_cleanly(
     assert https_get(daemon, "/healthz", ca.cert, token=None)[0] == 200
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING
                 and r.name.startswith(("framebus", "asyncio"))], "a refused client logged"
+    # not logged, but counted: an operator sees refused handshakes in /metrics
+    status, body = https_get(daemon, "/metrics", ca.cert)
+    assert status == 200
+    counted = re.search(rb'framebus_http_connections_closed_total\{reason="tls_failed"\} (\S+)',
+                        body)
+    assert counted is not None and float(counted.group(1)) >= 2, body[-2000:]
 
 
 def test_https_client_to_a_plain_daemon_says_what_to_check(tmp_path: Path) -> None:
