@@ -152,6 +152,9 @@ class CameraConfig(_Strict):
             raise ValueError(f"give one password source, not {' and '.join(sources)}")
         if sources and self.username is None:
             raise ValueError(f"{sources[0]} needs a username")
+        if self.username is not None and urlsplit(self.url).scheme not in ("rtsp", "rtsps"):
+            # anything else would put them where they mean nothing (a lavfi filter graph)
+            raise ValueError("username and password are for rtsp:// and rtsps:// cameras")
         return self
 
 

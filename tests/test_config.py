@@ -217,3 +217,10 @@ def test_names_with_a_trailing_newline_are_refused(kind: str) -> None:
         data["subscribers"] = {"s\n": {"camera": "front"}}
     with pytest.raises(ConfigError, match="must be 1-64 of"):
         parse_config(yaml.safe_load(yaml.safe_dump(data)))  # as a file would give it
+
+
+@pytest.mark.parametrize("url", ["lavfi:testsrc2", "/srv/clip.mp4", "zenoh:cam1/lobby/nv12"])
+def test_credentials_on_a_source_that_cannot_use_them_are_refused(url: str) -> None:
+    # a lavfi graph took them and failed with "filter not found", far from the cause
+    with pytest.raises(ConfigError, match="username and password are for rtsp://"):
+        parse_config({"cameras": {"c": {"url": url, "username": "u", "password": "p"}}})
