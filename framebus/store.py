@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,6 +58,7 @@ def new_instance() -> int:
 
 
 INSTANCE = new_instance()
+RETIRED_KEPT = 1024  # counts of renditions nobody wants now, kept in case one comes back
 
 
 def _redraw_instance() -> None:
@@ -143,8 +144,11 @@ class LatestFrameStore:
         self._state_lock = threading.Lock()
         # per (camera, rendition) some subscriber wants now: there from its first want at 0,
         # gone with its last unwant, so its series are bounded by the subscriptions of now
-        # (not every width ever asked) and a restarted count is a counter reset
+        # (not every width ever asked). A rendition wanted again resumes its old count (kept
+        # for the last RETIRED_KEPT ones): a counter never goes back while the process lives,
+        # as the soak checks; only one retired longer ago starts again from 0
         self.conversions: dict[tuple[str, Rendition], int] = {}
+        self._retired: OrderedDict[tuple[str, Rendition], int] = OrderedDict()
         self.on_demand: Counter[str] = Counter()  # conversions for requests, per camera
         self.published = threading.Condition()
         self.exporter: ShmExporter | None = None  # set when shm subscribers exist
@@ -183,7 +187,8 @@ class LatestFrameStore:
             wanted = Counter(self._wanted.get(camera, Counter()))
             wanted[rendition] += 1
             self._wanted[camera] = wanted  # copy-on-write: decoders read without the lock
-            self.conversions.setdefault((camera, rendition), 0)
+            if (camera, rendition) not in self.conversions:
+                self.conversions[camera, rendition] = self._retired.pop((camera, rendition), 0)
 
     def unwant(self, camera: str, rendition: Rendition) -> None:
         """Undo one ``want``."""
@@ -192,7 +197,11 @@ class LatestFrameStore:
             wanted[rendition] -= 1
             self._wanted[camera] = +wanted
             if rendition not in self._wanted[camera]:
-                self.conversions.pop((camera, rendition), None)
+                count = self.conversions.pop((camera, rendition), None)
+                if count is not None:
+                    self._retired[camera, rendition] = count
+                    while len(self._retired) > RETIRED_KEPT:
+                        self._retired.popitem(last=False)
 
     def is_wanted(self, camera: str) -> bool:
         """True while any subscriber wants frames of this camera."""

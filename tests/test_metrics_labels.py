@@ -118,6 +118,22 @@ def test_conversion_series_go_with_the_last_subscriber_of_their_rendition(rig: R
         for camera in sub.spec.all_cameras}
 
 
+def test_a_rendition_wanted_again_resumes_its_count(rig: Rig) -> None:
+    # a counter that went back would be a reset to Prometheus (and fails the soak's check)
+    spec = {"name": "again", "camera": "lobby", "format": "bgr24", "width": 80}
+    key = ("bgr24", "80", "")
+    assert rig.api.json("POST", "/v1/subscriptions", spec)[0] == 201
+    counted = conversions(rig.values_when(lambda v: conversions(v, "lobby").get(key, 0) > 0,
+                                          10, "frames converted to 80 wide"), "lobby")[key]
+    assert rig.api.json("DELETE", "/v1/subscriptions/again")[0] == 200
+    rig.values_when(lambda v: key not in conversions(v, "lobby"), 10, "the series to go")
+    assert rig.api.json("POST", "/v1/subscriptions", spec)[0] == 201
+    try:
+        assert conversions(rig.values(), "lobby")[key] >= counted
+    finally:
+        assert rig.api.json("DELETE", "/v1/subscriptions/again")[0] == 200
+
+
 def test_shm_payload_bytes_count_the_pixels_and_sent_bytes_the_headers(rig: Rig) -> None:
     def sent(values: Values, subscriber: str) -> float:
         return one(values, "framebus_subscriber_frames_sent_total", subscriber=subscriber)
