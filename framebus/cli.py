@@ -170,11 +170,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from framebus.config import for_host, load_config, resolve_passwords
         from framebus.daemon import run
         from framebus.logs import setup_logging
+        from framebus.signals import exit_past_stuck_threads
 
         config = for_host(load_config(args.config), args.host)
         passwords = resolve_passwords(config)
         setup_logging(args.log_level)
-        return run(config, passwords, args.config, host=args.host)
+        return exit_past_stuck_threads(run(config, passwords, args.config, host=args.host))
     if args.command == "bridge":
         from framebus.logs import setup_logging
         from framebus.remote.bridge import run_bridge

@@ -1,10 +1,15 @@
-"""Signals for a main loop: handlers only record and wake it (gunicorn's arbiter pattern)."""
+"""Signals for a main loop: handlers only record and wake it (gunicorn's arbiter pattern);
+and the process's end, past threads that cannot be stopped."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import select
 import signal
 import socket
+import sys
 import threading
 from collections import deque
 from types import FrameType
@@ -49,3 +54,26 @@ class SignalInbox:
 
 
 __all__ = ["SignalInbox"]
+
+
+def exit_past_stuck_threads(code: int, prefix: str = "camera-") -> int:
+    """Return ``code``, or end the process at once with it while a daemon thread named
+    ``prefix``... is still alive.
+
+    A camera thread blocked in PyAV (a stalled server, a hanging open) is abandoned at the
+    stop deadline. Interpreter finalization with such a thread inside FFmpeg crashed the
+    daemon with SIGSEGV when the read returned into a finalizing interpreter (PyAV's
+    interrupt and log callbacks), so a clean stop exited -11. Everything else has stopped
+    by now; logs are flushed first."""
+    stuck = [t.name for t in threading.enumerate()
+             if t.daemon and t.is_alive() and t.name.startswith(prefix)]
+    if not stuck:
+        return code
+    logging.getLogger("framebus").info(
+        "%d thread(s) still blocked in a read (%s): exiting without waiting for them",
+        len(stuck), ", ".join(sorted(stuck)[:5]))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
