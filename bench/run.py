@@ -32,7 +32,10 @@ from bench.common import ROOT, BenchResult, Children, Context, format_table
 from bench.report import ORDER, RESULTS, SCRATCH, machine, plots, save_results, update_readme
 
 LIMIT_S = 120
-MODULES = {name: f"bench.{name}" for name in ORDER}
+# gpu (bench/gpu.py) runs only when named: without a GPU it is recorded as skipped, and a
+# plain `make bench RECORD=1` on such a host must not replace figures measured on one
+ON_REQUEST = ("gpu",)
+MODULES = {name: f"bench.{name}" for name in (*ORDER, *ON_REQUEST)}
 ALIASES = {"serve": "serve_many", "slow": "slow_reader", "throughput": "fanout", "zenoh": "remote"}
 
 
@@ -106,7 +109,8 @@ def show(result: BenchResult) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the named benchmarks (all when none are named)."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(ORDER)}")
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(ORDER)} "
+                        f"(default: all), or {', '.join(ON_REQUEST)}")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the fanout, serve_many and idle windows "
                         "(function profiles need py-spy); a profiled run is not recorded")
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         for part in raw.replace(",", " ").split():
             name = ALIASES.get(part, part)
             if name not in MODULES:
-                parser.error(f"unknown benchmark {part!r}; choose from {', '.join(ORDER)}")
+                parser.error(f"unknown benchmark {part!r}; choose from {', '.join(MODULES)}")
             names.append(name)
     scale = float(os.environ.get("BENCH_SCALE", "1"))
     started = machine()
