@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from camerakit import FAST
+from prockit import LineProcess
 from waiting import wait_for
 
 from framebus.config import parse_config
@@ -21,48 +19,28 @@ from framebus.daemon import Daemon
 READER = Path(__file__).resolve().parent / "reader_proc.py"
 
 
-class ReaderProcess:
+class ReaderProcess(LineProcess):
     """A real consumer process reading one FIFO; its per-frame JSON lines are collected."""
 
     def __init__(self, fifo: Path, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(READER), str(fifo), *args],
-                                     stdout=subprocess.PIPE, text=True)
         self.frames: list[dict[str, Any]] = []
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
+        super().__init__([sys.executable, str(READER), str(fifo), *args])
 
-    def _collect(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.strip())
-            if line.startswith("{"):
-                record = json.loads(line)
-                if "seq" in record:
-                    self.frames.append(record)
+    def parse(self, line: str) -> None:
+        if line.startswith("{"):
+            record = json.loads(line)
+            if "seq" in record:
+                self.frames.append(record)
 
     def wait_frames(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
         """Wait until at least ``count`` frames arrived."""
         wait_for(lambda: len(self.frames) >= count, timeout, f"{count} frames at a reader")
         return self.frames
 
-    def pause(self) -> None:
-        """SIGSTOP: the reader stops draining its FIFO."""
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT."""
-        self.proc.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        self.proc.kill()
-        self.proc.wait(10)
-
     def finish(self, timeout: float = 30) -> int:
         """Wait for the process to exit (and its output to be collected)."""
         code = self.proc.wait(timeout)
-        self._thread.join(timeout)
+        self.collected(timeout)
         return code
 
 

@@ -26,6 +26,7 @@ import yaml
 from apikit import ApiClient
 from camerakit import FAST
 from faultproxy import FaultProxy
+from prockit import LineProcess
 from rtspserver import Mount, RtspServer
 from waiting import wait_for
 
@@ -141,7 +142,7 @@ class DaemonProcess:
 # -- checked reader processes ---------------------------------------------------------------------
 
 
-class CheckedReader:
+class CheckedReader(LineProcess):
     """A consumer process (tests/checked_reader.py) validating every message it reads."""
 
     SCRIPT = CHECKED_READER  # a subclass may run another reader with the same output
@@ -150,39 +151,33 @@ class CheckedReader:
                  user: str | int | None = None, group: str | int | None = None,
                  python: str = sys.executable, env: dict[str, str] | None = None) -> None:
         self.fifo = fifo
-        self.proc = subprocess.Popen(
-            [python, str(self.SCRIPT), str(fifo), "--max-seconds", str(max_seconds), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}, user=user,
-            group=group,
-            extra_groups=[] if user is not None else None,
-        )
         self.frames: list[dict[str, Any]] = []
         self.opened: list[int] = []  # CLOCK_MONOTONIC ns of each open the reader made itself
         self.events: list[dict[str, Any]] = []  # STATE messages and restarts, in stream order
         self.records: list[dict[str, Any]] = []  # frames and events, in stream order
         self.summary: dict[str, Any] | None = None
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
+        super().__init__(
+            [python, str(self.SCRIPT), str(fifo), "--max-seconds", str(max_seconds), *args],
+            stdin=subprocess.PIPE,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}, user=user,
+            group=group,
+            extra_groups=[] if user is not None else None,
+        )
 
-    def _collect(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            if not line.startswith("{"):
-                continue
-            record = json.loads(line)
-            if record.get("end"):
-                self.summary = record
-            elif "opened" in record:
-                self.opened.append(int(record["t"]))
-            elif "event" in record:
-                self.events.append(record)
-                self.records.append(record)
-            else:
-                self.frames.append(record)
-                self.records.append(record)
+    def parse(self, line: str) -> None:
+        if not line.startswith("{"):
+            return
+        record = json.loads(line)
+        if record.get("end"):
+            self.summary = record
+        elif "opened" in record:
+            self.opened.append(int(record["t"]))
+        elif "event" in record:
+            self.events.append(record)
+            self.records.append(record)
+        else:
+            self.frames.append(record)
+            self.records.append(record)
 
     def wait_frames(self, count: int, timeout: float = 30) -> None:
         """Wait until ``count`` frames arrived in total."""
@@ -202,20 +197,6 @@ class CheckedReader:
         frames = [f for f in list(self.frames) if camera is None or f["camera"] == camera]
         return frames[-1]["seq"] if frames else 0
 
-    def pause(self) -> None:
-        """SIGSTOP: the reader stops draining its FIFO."""
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT."""
-        self.proc.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
     def stop(self, timeout: float = 20) -> dict[str, Any]:
         """Close stdin (the reader's stop signal), wait for its summary; kill at the deadline."""
         if self.proc.poll() is None:
@@ -228,7 +209,7 @@ class CheckedReader:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-        self._thread.join(10)
+        self.collected(10)
         if self.summary is None:
             raise AssertionError(f"reader of {self.fifo.name} ended without a summary: "
                                  f"{self.lines[-3:]}")

@@ -13,7 +13,6 @@ import re
 import select
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from camerakit import FAST
 from faultkit import DaemonProcess, write_daemon_config
 from framegen import make_frame
+from prockit import LineProcess
 from rtspserver import Mount, RtspServer, RtspServerFactory
 from test_protocol_c_reader import (
     HEADER,
@@ -370,20 +370,11 @@ RESTART_LINE = re.compile(r"restart ([0-9a-f]{16}) ([0-9a-f]{16})$")
 STATE_LINE = re.compile(r"state (\S+) (\S+) epoch (\d+) seq (\d+)(?: (.*))?$")
 
 
-class CReaderProcess:
+class CReaderProcess(LineProcess):
     """reader.c -r -s on a daemon's FIFO, its lines collected as they come."""
 
     def __init__(self, exe: Path, fifo: Path, *args: str) -> None:
-        self.proc = subprocess.Popen([str(exe), "-r", "-s", *args, str(fifo)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        super().__init__([str(exe), "-r", "-s", *args, str(fifo)], stderr=subprocess.PIPE)
 
     def frames(self) -> list[tuple[int, dict[str, Any]]]:
         """(line index, frame) for every frame line so far."""
@@ -406,16 +397,13 @@ class CReaderProcess:
         wait_for(lambda: len(self.frames()) >= count, timeout,
                  f"{count} frames at the C reader (last lines: {self.lines[-5:]})")
 
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
     def stop(self) -> str:
         """Kill it (with -r it waits for the next daemon forever); its stderr."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
         _, err = self.proc.communicate(timeout=TIMEOUT_S)
-        self._thread.join(10)
+        self.collected(10)
         return err
 
 
@@ -458,7 +446,7 @@ def test_c_reader_sees_a_restart_it_got_no_eof_for_and_no_seq_violation(
         wait_for(lambda: any(s["state"] == "reconnecting" for _, s in reader.states()[heard:]),
                  30, "the reader to hear the camera is gone")  # the last message that comes
         wait_for(lambda: unread(fifo) == 0, 20, "the reader to drain its pipe")
-        reader.signal(signal.SIGSTOP)
+        reader.pause()
         wait_for(lambda: stopped(reader.proc.pid), 20, "the reader to be stopped")
         daemon.proc.kill()
         daemon.proc.wait(10)
@@ -467,7 +455,7 @@ def test_c_reader_sees_a_restart_it_got_no_eof_for_and_no_seq_violation(
         second = DaemonProcess(path)  # opens the FIFO the stopped reader still holds
         wait_for(lambda: unread(fifo) > 0, 60, "the new daemon to write into the held FIFO")
         count = len(reader.frames())
-        reader.signal(signal.SIGCONT)
+        reader.resume()
         reader.wait_frames(count + 10, timeout=60)
         err = reader.stop()
         assert_clean(reader, err)

@@ -7,12 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import av
 import pytest
 import yaml
+from prockit import LineProcess
 from waiting import wait_for
 
 from framebus.config import parse_config
@@ -20,20 +20,12 @@ from framebus.config import parse_config
 TIMEOUT_S = 60.0
 
 
-class Command:
+class Command(LineProcess):
     """``framebus testsrc ...`` with its stdout lines collected."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "framebus", "testsrc", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        super().__init__([sys.executable, "-m", "framebus", "testsrc", *args],
+                         stderr=subprocess.PIPE)
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -52,7 +44,7 @@ class Command:
         try:
             return self.proc.wait(TIMEOUT_S)
         finally:
-            self._thread.join(5)
+            self.collected(5)
 
 
 def first_frame(url: str) -> av.VideoFrame:
