@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", type=Path)
+    check.add_argument("--probe", action="store_true",
+                       help="also open every hardware decoding device (cuda, vaapi, qsv) and "
+                       "say what works on this host")
 
     snap = sub.add_parser("snapshot", help="save the newest frame of a camera as JPEG/PNG")
     snap.add_argument("camera", help="a camera name, or zenoh:[HOST/]CAMERA[/RENDITION] for a "
@@ -194,6 +197,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         config, warnings = check_file(args.config)
         for warning in warnings:
             print(f"framebus: warning: {warning}", file=sys.stderr)
+        if args.probe:
+            from framebus.hwdecode.probe import probe_lines
+
+            for line in probe_lines((n, c.decoding) for n, c in config.cameras.items()):
+                print(line)
         print(f"{args.config}: ok ({len(config.cameras)} cameras)")
         return EXIT_OK
     if args.command == "snapshot":

@@ -30,6 +30,7 @@ from pydantic import (
 
 from framebus.configcheck import validation_error
 from framebus.errors import ConfigError
+from framebus.hwdecode.settings import HwaccelSettings, with_defaults
 from framebus.remote.settings import (
     NAME,
     RemoteConfig,
@@ -89,8 +90,9 @@ class BackoffConfig(_Strict):
         return self
 
 
-class CameraConfig(_Strict):
-    """One camera. Credentials never live in ``url``."""
+class CameraConfig(_Strict, HwaccelSettings):
+    """One camera. Credentials never live in ``url``; its hwaccel keys come from
+    HwaccelSettings (or the top level's ``defaults``)."""
 
     url: str
     transport: Literal["tcp", "udp", "auto"] = "tcp"
@@ -105,7 +107,6 @@ class CameraConfig(_Strict):
     backoff: BackoffConfig = BackoffConfig()
     decoder_threads: int = Field(1, ge=0, le=16)  # 0: let FFmpeg choose
     idle_decode: Literal["keyframes", "all"] = "keyframes"
-    hwaccel: str | None = None
     # a stream declaring more pixels is refused before its frames are decoded (state and
     # metric reason "too_large"); renditions are capped per camera
     max_pixels: int = Field(8192 * 8192, ge=64, le=1 << 30)
@@ -143,6 +144,13 @@ class CameraConfig(_Strict):
             raise ValueError(f"expected an rtsp://, rtsps://, zenoh:, file path or lavfi: URL, "
                              f"got scheme {parts.scheme!r}")
         return url
+
+    @property
+    def decoding(self) -> HwaccelSettings:
+        """The camera's hardware decoding settings (hwaccel, hwaccel_device, hwaccel_required:
+        framebus.hwdecode; software with a visible reason unless required)."""
+        return HwaccelSettings(hwaccel=self.hwaccel, hwaccel_device=self.hwaccel_device,
+                               hwaccel_required=self.hwaccel_required)
 
     @model_validator(mode="after")
     def _one_password_source(self) -> CameraConfig:
@@ -282,6 +290,12 @@ class Config(_Strict):
     subscribers: dict[str, SubscriberConfig] = Field(default_factory=dict)
     http: HttpConfig = HttpConfig()
     remote: RemoteConfig = RemoteConfig()
+    defaults: HwaccelSettings = HwaccelSettings()  # for cameras that do not set these keys
+
+    @model_validator(mode="before")
+    @classmethod
+    def _camera_defaults(cls, data: object) -> object:
+        return with_defaults(data)
 
     @field_validator("subscribers")
     @classmethod

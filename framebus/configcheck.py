@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -80,6 +81,14 @@ def describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     secret = any(word in str(part) for part in error["loc"] for word in _SECRET_WORDS)
     if kind != "value_error" and not secret and isinstance(value, str | int | float | bool):
         message += f", got {value!r}"
+    if kind == "literal_error" and isinstance(value, str) and not secret:
+        allowed = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
+        near = difflib.get_close_matches(value, allowed, n=1)
+        message += f" (did you mean {near[0]!r}?)" if near else ""
+    # a model's check that names one of its keys ("hwaccel_device: ...") points at that key
+    key, _, rest = message.partition(": ")
+    if kind == "value_error" and rest and key in keys_at(model, error["loc"]):
+        path, message = f"{path}.{key}" if path else key, rest
     return f"{path}: {message}" if path else message
 
 
@@ -163,7 +172,10 @@ def check_file(path: str | os.PathLike[str], environ: dict[str, str] | None = No
     problems = fifo_problems(config)
     if problems:
         raise problems_error(str(path), problems)
+    from framebus.hwdecode.probe import host_warnings
+
     warnings = check_passwords(config, environ) + check_tls(config, environ)
+    warnings += host_warnings((name, camera.decoding) for name, camera in config.cameras.items())
     if not config.cameras:
         empty = not Path(path).read_text().strip()
         what = "the file is empty" if empty else "no cameras are configured"
