@@ -25,13 +25,14 @@ from urllib.parse import urlsplit
 
 import av
 import av.error
-from av.codec.hwaccel import HWAccel
 from pydantic import SecretStr
 
 from framebus.backoff import Backoff, BackoffPolicy
 from framebus.config import CameraConfig
 from framebus.errors import FramebusError
 from framebus.failures import describe_error, failure_reason, human_reason
+from framebus.hwdecode.choice import Choice, HardwareRequired, choose, decoder_for
+from framebus.hwdecode.state import DecodingState, DeviceFailed
 from framebus.opening import decoder_options, open_options
 from framebus.remote.settings import RemoteConfig
 from framebus.store import LatestFrameStore, StoredFrame
@@ -124,6 +125,7 @@ class Camera:
         self.config = config
         self.store = store
         self.stats = CameraStats()
+        self.decoding = DecodingState(name, config.hwaccel)  # hardware or software, and why
         self.state = CameraState.STOPPED
         self.reason = ""
         self._abandoned: set[int] = set()  # generations still running after being abandoned
@@ -244,16 +246,19 @@ class Camera:
             # stall from the watchdog. The watchdog detects; this only unblocks the thread.
             if self.config.url.startswith("zenoh:"):
                 return self._remote(generation)
+            # the device opens first: its errors are not the camera's
+            choice = choose(cfg.decoding, broken=self.decoding.broken())
+            self.decoding.chose(choice)
             lavfi = self._open_url.startswith("lavfi:")  # an FFmpeg filter graph as a source
             container = av.open(self._open_url.removeprefix("lavfi:"),
                                 options=open_options(cfg),
                                 format="lavfi" if lavfi else None,
                                 timeout=(cfg.open_timeout, cfg.stall_timeout + cfg.read_timeout),
-                                hwaccel=self._hwaccel())
+                                hwaccel=choice.hwaccel())
             opened = True
             if not self._current(generation):
                 raise _Abandoned
-            self._stream(generation, container)
+            self._stream(generation, container, choice)
             if self._is_file():
                 return 0.0  # a file source loops: start it again at once
             self.stats.reconnects["eof"] += 1
@@ -264,6 +269,16 @@ class Camera:
             self.stats.reconnects["auth_failed"] += 1
             return self._fail(generation, CameraState.AUTH_FAILED,
                               human_reason(exc, self.config.url), auth=True, exc=exc)
+        except DeviceFailed:  # again at once, in software
+            self.stats.reconnects["hwaccel"] += 1
+            if not self._current(generation):
+                raise _Abandoned from None
+            return 0.0
+        except HardwareRequired as exc:  # retried at the slow pace of a refused login
+            self.decoding.refused(cfg.hwaccel, str(exc), exc.label)
+            self.stats.reconnects["hwaccel"] += 1
+            return self._fail(generation, CameraState.UNSUPPORTED, f"hwaccel_required: {exc}",
+                              auth=True)
         except _Unsupported as exc:
             reason = "too_large" if isinstance(exc, _TooLarge) else "unsupported"
             self.stats.reconnects[reason] += 1
@@ -283,6 +298,7 @@ class Camera:
         from framebus.remote.source import NoFrames, stream_remote
 
         self.stats.codec = "zenoh"
+        self.decoding.opened("zenoh")  # frames arrive decoded: no decoder, no hwaccel
         epoch = self.stats.epoch
 
         def publish(frame: av.VideoFrame, header: FrameHeader, new_epoch: bool) -> None:
@@ -305,16 +321,11 @@ class Camera:
         self.stats.reconnects["eof"] += 1
         return self._fail(generation, CameraState.BACKOFF, "remote stream ended")
 
-    def _hwaccel(self) -> HWAccel | None:
-        if not self.config.hwaccel:
-            return None
-        # falls back to software decoding when the device or codec is not available
-        return HWAccel(device_type=self.config.hwaccel, allow_software_fallback=True)
-
     def _is_file(self) -> bool:
         return urlsplit(self.config.url).scheme in ("", "file")
 
-    def _stream(self, generation: int, container: av.container.InputContainer) -> None:
+    def _stream(self, generation: int, container: av.container.InputContainer,
+                choice: Choice) -> None:
         if not container.streams.video:
             raise _Unsupported("no video stream")
         stream = container.streams.video[0]
@@ -322,12 +333,16 @@ class Camera:
         if codec is None or stream.codec_context.name is None:
             raise _Unsupported("no decoder for the video stream")
         self._check_size(codec.width, codec.height)  # from the SDP/extradata: before decoding
-        if not codec.is_open:  # a stream that grows later is refused by the decoder itself
-            codec.options = decoder_options(self.config)
-        codec.thread_count = self.config.decoder_threads
-        if self.config.decoder_threads != 1:
-            codec.thread_type = "AUTO"
         self.stats.codec = codec.name
+        self.decoding.opened(codec.name)
+        decoder, why = decoder_for(choice, codec)  # the stream's own, or a qsv decoder
+        if why is not None:
+            self._not_on_device(why)
+        if not decoder.is_open:  # a stream that grows later is refused by the decoder itself
+            decoder.options = decoder_options(self.config)
+        decoder.thread_count = self.config.decoder_threads
+        if self.config.decoder_threads != 1:
+            decoder.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         self.stats.declared_fps = float(rate) if rate else 0.0
         self.stats.epoch += 1
@@ -342,27 +357,39 @@ class Camera:
                 raise _Abandoned
             idle = self._decode_keyframes_only()
             if idle != skipping:
-                codec.skip_frame = "NONKEY" if idle else "DEFAULT"
+                decoder.skip_frame = "NONKEY" if idle else "DEFAULT"
                 skipping = idle
             self.stats.packets += 1
             self.stats.input_bytes += packet.size
             try:
-                frames = packet.decode()
+                frames = decoder.decode(packet)
             except av.error.FFmpegError:
                 self.stats.decode_errors += 1
+                self.decoding.decode_failed()  # a device failing every packet: software
                 # the decoder refused a picture over max_pixels (it knows the new size): say so
-                self._check_size(codec.width, codec.height)
+                self._check_size(decoder.width, decoder.height)
                 continue
             for frame in frames:
+                self.decoding.decoded()
                 self._check_size(frame.width, frame.height)  # a stream may grow mid-way
                 shape = (frame.width, frame.height, frame.format.name)
                 if size is not None and shape != size:
                     self.stats.epoch += 1  # size or format changed mid-stream
                     epoch = self.stats.epoch
+                if shape != size and (why := self.decoding.verify(choice, decoder)):
+                    self._not_on_device(why, recorded=True)  # FFmpeg chose software itself
                 size = shape
                 # FFmpeg fills this in once the first RTCP sender report has arrived
                 realtime_us = container.start_time_realtime
                 self._publish(generation, frame, epoch, time_base, realtime_us, start_pts)
+
+    def _not_on_device(self, why: str, recorded: bool = False) -> None:
+        """The chosen device cannot decode this stream: software, or the end of the session
+        when hardware is required."""
+        if not recorded:
+            self.decoding.not_on_device(why)
+        if self.config.hwaccel_required:
+            raise HardwareRequired(why, self.decoding.label(why))
 
     def _check_size(self, width: int, height: int) -> None:
         if width * height > self.config.max_pixels:

@@ -21,6 +21,7 @@ RECONNECT_REASONS = (
     "auth_failed",  # 401: wrong or missing credentials
     "unsupported",  # opened, but no video stream or no decoder for it
     "too_large",    # the stream declares more than max_pixels
+    "hwaccel",      # hwaccel_required, and the hardware cannot decode it
     "not_found",    # 404 (no such RTSP mount / HTTP path) or no such file
     "refused",      # connection refused (nothing listens on the port)
     "timeout",      # no answer within open_timeout, or a socket timeout (ETIMEDOUT)

@@ -48,6 +48,7 @@ import framebus
 from framebus.camera import CameraState
 from framebus.failures import RECONNECT_REASONS
 from framebus.fanout import LATENCY_BUCKETS_S
+from framebus.hwdecode.state import FALLBACK_REASONS
 from framebus.outbox import RATE_LIMIT, READER_GONE, SHUTDOWN, SLOW_READER, SUPERSEDED, OutboxStats
 from framebus.wire import PixelFormat
 
@@ -212,6 +213,14 @@ class FramebusCollector(Collector):
         height = GaugeMetricFamily("framebus_camera_height_pixels", "Frame height",
                                    labels=labels)
         info = GaugeMetricFamily("framebus_camera_info", "Camera codec", labels=["camera", "codec"])
+        decoder = GaugeMetricFamily("framebus_camera_decoder_info", "1, labelled with the "
+                                    "codec, the hwaccel asked for and the device decoding "
+                                    "(none: software)",
+                                    labels=["camera", "codec", "requested", "hwaccel"])
+        fallbacks = CounterMetricFamily("framebus_camera_hwaccel_fallbacks", "Sessions that "
+                                        "decoded in software (or, hwaccel_required, not at "
+                                        "all) although hardware was asked for, by reason",
+                                        labels=["camera", "reason"])
         now = time.monotonic()
         for name, camera in list(self.daemon.cameras.cameras.items()):
             stats = camera.stats
@@ -232,8 +241,14 @@ class FramebusCollector(Collector):
             width.add_metric([name], stats.width)
             height.add_metric([name], stats.height)
             info.add_metric([name, stats.codec or "unknown"], 1)
+            hw = camera.decoding
+            decoder.add_metric([name, hw.codec or "unknown", hw.requested, hw.active or "none"],
+                               1)
+            if hw.requested != "none":
+                for reason in dict.fromkeys([*FALLBACK_REASONS, *hw.fallbacks]):
+                    fallbacks.add_metric([name, reason], hw.fallbacks.get(reason, 0))
         yield from (decoded, errors, packets, input_bytes, reconnects, state, idle, age, fps,
-                    declared, width, height, info)
+                    declared, width, height, info, decoder, fallbacks)
 
     def _subscribers(self) -> Iterator[Metric]:
         labels = ["subscriber", "camera"]

@@ -50,8 +50,14 @@ def render(data: dict[str, Any], out: TextIO) -> None:
         size = f"{cam['width']}x{cam['height']}" if cam["width"] else "-"
         reconnects = sum(cam["reconnects"].values())
         reason = "" if cam["state"] == "streaming" else cam["reason"]
-        rows.append((cam["name"], cam["state"], f"{cam['fps']:.1f}", size,
-                     cam["codec"] or "-", age_text(cam["frame_age_s"]), str(reconnects), reason))
+        codec, hw = cam["codec"] or "-", cam.get("hwaccel") or {}  # an older daemon: absent
+        if hw.get("active"):
+            codec += f" ({hw['active']})"
+        elif hw.get("fallback"):
+            codec += " (software)"
+            reason = reason or f"hwaccel not used: {hw['fallback']}"
+        rows.append((cam["name"], cam["state"], f"{cam['fps']:.1f}", size, codec,
+                     age_text(cam["frame_age_s"]), str(reconnects), reason))
     write_table(rows, out)
     out.write("\n")
     subs = [("SUBSCRIBER", "CAMERA", "TRANSPORT", "FORMAT", "MODE", "CONNECTED", "SENT",

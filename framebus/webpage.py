@@ -96,6 +96,7 @@ th { color: var(--muted); font-weight: 600; font-size: .85rem; }
 td.num { font-variant-numeric: tabular-nums; }
 td.yes { color: var(--ok); }
 td.no { color: var(--warn); }
+dd.fallback { color: var(--warn); }
 td.error { color: var(--bad); overflow-wrap: anywhere; }
 .login { max-width: 42rem; margin: 3rem auto; background: var(--card); padding: 1.5rem;
   border: 1px solid var(--line); border-radius: 8px; }

@@ -67,7 +67,7 @@ function card(name) {
   const facts = make("dl", "facts"), sparks = make("div", "sparks");
   const cam = {name, root, state, img, placeholder, reason: make("div", "reason"),
     seen: make("div", "seen"),
-    fps: fact(facts, "fps"), size: fact(facts, "size"), codec: fact(facts, "codec"),
+    fps: fact(facts, "fps"), size: fact(facts, "size"), codec: fact(facts, "decoder"),
     age: fact(facts, "frame age"), reconnects: fact(facts, "reconnects"),
     fpsSpark: spark(sparks, "fps"), ageSpark: spark(sparks, "frame age"), history: [],
     toggle: make("button", "toggle"), streaming: false, running: false, timer: 0, retry: 0};
@@ -154,7 +154,11 @@ function updateCamera(cam, c, now) {
   cam.fps.textContent = c.declared_fps ? fixed(c.fps, 1) + " of " + fixed(c.declared_fps, 1)
     : fixed(c.fps, 1);
   cam.size.textContent = c.width ? c.width + "\\u00d7" + c.height : "\\u2014";
-  cam.codec.textContent = c.codec || "\\u2014";
+  const hw = c.hwaccel || {};  // hardware asked for and not used: say so, and why
+  cam.codec.textContent = (c.codec || "\\u2014")
+    + (hw.active ? " (" + hw.active + ")" : hw.fallback ? " (software)" : "");
+  cam.codec.title = hw.fallback ? "hardware decoding not used: " + hw.fallback : "";
+  cam.codec.classList.toggle("fallback", Boolean(hw.fallback));
   cam.age.textContent = c.frame_age_s === null ? "\\u2014"
     : fixed(c.frame_age_s, c.frame_age_s < 10 ? 2 : 0) + " s";
   const reconnects = Object.entries(c.reconnects || {}).filter(([, n]) => n > 0);
