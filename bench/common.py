@@ -207,6 +207,23 @@ def child_env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
+def end_processes(procs: Iterable[subprocess.Popen[Any]], grace: float) -> None:
+    """End those of ``procs`` still running: SIGCONT (a stopped child ignores SIGTERM) and
+    SIGTERM to each, in order, then SIGKILL to any not gone ``grace`` s later; all reaped."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class Children:
     """Every process a benchmark starts; ``close()`` ends those still running.
 
@@ -236,19 +253,8 @@ class Children:
         return proc
 
     def close(self) -> None:
-        """SIGCONT (a stopped child ignores SIGTERM), SIGTERM, then SIGKILL after 3 s."""
-        running = [p for p in self.procs if p.poll() is None]
-        for proc in running:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGCONT)
-                proc.terminate()
-        deadline = time.monotonic() + 3.0
-        for proc in running:
-            try:
-                proc.wait(max(0.05, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        """:func:`end_processes` with 3 s of grace, then close their pipes."""
+        end_processes(self.procs, grace=3.0)
         for proc in self.procs:
             for pipe in (proc.stdin, proc.stdout, proc.stderr):
                 if pipe is not None:

@@ -40,6 +40,7 @@ from bench.common import (
     Recorder,
     Samples,
     collect,
+    end_processes,
     fmt,
     info,
     measure,
@@ -129,15 +130,8 @@ class Site:
                 raise BenchError(f"{log.stem} exited ({proc.returncode}): " + " | ".join(tail))
 
     def stop(self) -> None:
-        """End both (SIGTERM, then SIGKILL)."""
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+        """End both: SIGTERM to the bridge, then the daemon; SIGKILL to either left after 5 s."""
+        end_processes(reversed(self.procs), grace=5.0)
 
 
 def _proc(children: Children, host: netns.Host, name: str, *args: str) -> Recorder:

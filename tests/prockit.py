@@ -1,12 +1,21 @@
-"""Test helpers for child processes: one whose stdout lines are collected as they come."""
+"""Test helpers for child processes: one whose stdout lines are collected as they come, and
+a free loopback port to hand one."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Sequence
 from typing import Any
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class LineProcess:

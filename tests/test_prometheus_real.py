@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.parse
@@ -21,7 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prockit import free_port
 from waiting import wait_for
+
+from bench.common import end_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "docs" / "prometheus" / "alerts.yml"
@@ -29,22 +31,6 @@ PROMETHEUS = shutil.which("prometheus")
 TIMEOUT_S = 60.0
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 class Prometheus:
@@ -110,8 +96,7 @@ def site(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Prometheus]]
             wait_for(api.up, TIMEOUT_S, "Prometheus to answer", poll=0.2)
             yield daemon, api
         finally:
-            stop(daemon)
-            stop(prom)
+            end_processes([daemon, prom], grace=10.0)
 
 
 def test_rules_evaluate_on_real_series_and_a_killed_daemon_fires_framebus_down(

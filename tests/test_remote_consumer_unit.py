@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import itertools
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 import zenoh
 from framegen import make_frame
+from prockit import free_port
 from waiting import wait_for
 
 from framebus.client import FrameRequestError
@@ -39,12 +39,6 @@ from framebus.wire import (
 
 DEADLINE = 10.0
 _names = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def loopback_config(**endpoints: list[str]) -> zenoh.Config:

@@ -13,16 +13,11 @@ from pathlib import Path
 import pytest
 from apikit import ApiClient
 from fanoutkit import running_daemon
+from prockit import free_port
 from rtspserver import Mount, RtspServer, RtspServerFactory
 from waiting import wait_for
 
 from framebus.daemon import Daemon
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
