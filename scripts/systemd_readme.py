@@ -84,6 +84,23 @@ def drop_in(line: Line) -> tuple[str, str] | None:
     return unit, f"{match.group(2)}\n{settings}\n"
 
 
+def is_hwaccel(block: list[Line]) -> bool:
+    """The hardware-decoding block: it installs drop-ins into framebus.service.d/."""
+    return any("/etc/systemd/system/framebus.service.d/" in line.command for line in block)
+
+
+def hwaccel_scores(readme: Path) -> tuple[str, str]:
+    """What the section records of `systemd-analyze security framebus`: the unit alone and
+    with both hardware-decoding drop-ins ("1.5 OK"), as `**1.5 OK** for the unit alone,
+    **2.1 OK** with both drop-ins`."""
+    text, start, end = section(readme)
+    found = re.search(r"\*\*([\d.]+ \w+)\*\* for the unit alone,\s+\*\*([\d.]+ \w+)\*\* "
+                      r"with both drop-ins", text[start:end])
+    if found is None:
+        raise ValueError(f"README.md, {SECTION}: no recorded systemd-analyze security scores")
+    return found.group(1), found.group(2)
+
+
 def runnable(line: Line, checkout: str) -> str:
     """The command as the check runs it (see the module's docstring)."""
     command = line.command.replace("/path/to/framebus", checkout)
