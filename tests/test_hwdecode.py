@@ -27,9 +27,18 @@ from waiting import wait_for
 
 from framebus import status
 from framebus.daemon import Daemon
-from framebus.hwdecode.choice import RETRY_S, Choice, HardwareRequired, _Devices, choose, on_device
+from framebus.hwdecode.choice import (
+    RETRY_S,
+    Choice,
+    HardwareRequired,
+    _Devices,
+    choose,
+    on_device,
+    separate_decoder,
+)
 from framebus.hwdecode.settings import HwaccelSettings
 from framebus.hwdecode.state import FAILURES_IN_A_ROW, DecodingState, DeviceFailed
+from framebus.testsrc.media import Codec
 
 NO_GPU = {"hwaccel": "cuda", "hwaccel_device": "97"}  # no host has GPU index 97
 NO_NODE = {"hwaccel": "qsv", "hwaccel_device": "/dev/dri/renderD199"}
@@ -250,3 +259,21 @@ def test_a_device_failing_mid_stream_means_software_for_a_while_not_a_loop() -> 
     with pytest.raises(HardwareRequired):
         choose(HwaccelSettings(hwaccel="cuda", hwaccel_required=True), broken=broken)
     assert state.broken(time.monotonic() + RETRY_S + 1) is None
+
+
+@pytest.mark.parametrize(("mount", "codec"), [("h264", "h264"), ("h265", "hevc")])
+def test_a_decoder_beside_the_demuxer_decodes_an_rtsp_stream(mount: Codec, codec: str) -> None:
+    """The plumbing qsv's <codec>_qsv decoder runs on (the stream's parameter sets handed
+    over in extradata), run here with FFmpeg's software decoder of the same codec."""
+    with RtspServer([Mount("cam", width=320, height=180, codec=mount)]) as server, \
+            av.open(server.url("cam"), options={"rtsp_transport": "tcp"}, timeout=10) as box:
+        stream = box.streams.video[0]
+        decoder = separate_decoder(stream.codec_context, codec, None)
+        assert decoder.name == codec and decoder is not stream.codec_context
+        frames = []
+        for packet in box.demux(stream):
+            frames += decoder.decode(packet)
+            if len(frames) >= 5:
+                break
+    assert {(f.width, f.height) for f in frames} == {(320, 180)}
+    assert on_device(Choice("qsv", "qsv"), decoder) == f"qsv cannot decode {codec}"

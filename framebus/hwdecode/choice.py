@@ -146,14 +146,21 @@ def decoder_for(choice: Choice, own: VideoCodecContext) -> tuple[VideoCodecConte
     if name not in av.codecs_available:
         return own, f"qsv cannot decode {own.name}"
     try:
-        context = av.CodecContext.create(name, "r", hwaccel=HWAccel(
-            device_type="qsv", device=choice.device, allow_software_fallback=True))
+        return separate_decoder(own, name, HWAccel(
+            device_type="qsv", device=choice.device, allow_software_fallback=True)), None
     except (av.error.FFmpegError, OSError, NotImplementedError, ValueError) as exc:
         return own, f"qsv cannot decode {own.name}: {exc}"
+
+
+def separate_decoder(own: VideoCodecContext, name: str,
+                     hwaccel: HWAccel | None) -> VideoCodecContext:
+    """Decoder ``name`` for the stream ``own`` belongs to, beside the demuxer: the stream's
+    parameter sets (SPS/PPS from the SDP or the container) travel in its extradata."""
+    context = av.CodecContext.create(name, "r", hwaccel=hwaccel)
     assert isinstance(context, VideoCodecContext)
     context.extradata = own.extradata
     context.width, context.height = own.width, own.height
-    return context, None
+    return context
 
 
 def on_device(choice: Choice, context: VideoCodecContext) -> str | None:
