@@ -176,10 +176,9 @@ class Subscriber:
         self.pipe_size = 0
         self.connects = 0
         self.disconnects = 0
-        self.latency = LatencyHistogram()  # the FIFO's, every camera together
-        # a multi-camera subscriber's per camera too (metrics label latency by one camera)
-        self.camera_latency = {camera: LatencyHistogram()
-                               for camera in spec.cameras} if len(spec.cameras) > 1 else {}
+        # one histogram per camera (metrics label latency by one camera); the FIFO's total
+        # is their sum, made when read: observing both cost a second bisect per frame
+        self.camera_latency = {camera: LatencyHistogram() for camera in spec.all_cameras}
         self.next_open_ns = 0
         self.error = ""
         self.last_offered: dict[str, int] = {}  # per camera; absent: nothing offered yet
@@ -202,10 +201,22 @@ class Subscriber:
 
     def observe_latency(self, camera: str, seconds: float) -> None:
         """Loop thread: a frame of ``camera`` was fully written ``seconds`` after publish."""
-        self.latency.observe(seconds)
-        per_camera = self.camera_latency.get(camera)
-        if per_camera is not None:
-            per_camera.observe(seconds)
+        histogram = self.camera_latency.get(camera)
+        if histogram is not None:
+            histogram.observe(seconds)
+
+    @property
+    def latency(self) -> LatencyHistogram:
+        """The FIFO's latency, every camera together (a sum when read: scrapes and the API
+        are rare, frames are not)."""
+        parts = list(self.camera_latency.values())
+        if len(parts) == 1:
+            return parts[0]
+        total = LatencyHistogram()
+        for part in parts:
+            total.counts = [a + b for a, b in zip(total.counts, part.counts, strict=True)]
+            total.sum_s += part.sum_s
+        return total
 
     def shm_state(self, camera: str, error: str) -> None:
         """Loop thread, per frame offered: ``camera``'s segment is fine ("") or failed. The
