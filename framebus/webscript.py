@@ -155,8 +155,8 @@ function updateCamera(cam, c, now) {
     : fixed(c.fps, 1);
   cam.size.textContent = c.width ? c.width + "\\u00d7" + c.height : "\\u2014";
   const hw = c.hwaccel || {};  // hardware asked for and not used: say so, and why
-  cam.codec.textContent = (c.codec || "\\u2014")
-    + (hw.active ? " (" + hw.active + ")" : hw.fallback ? " (software)" : "");
+  cam.codec.textContent = !c.codec ? "\\u2014"
+    : c.codec + (hw.active ? " (" + hw.active + ")" : hw.fallback ? " (software)" : "");
   cam.codec.title = hw.fallback ? "hardware decoding not used: " + hw.fallback : "";
   cam.codec.classList.toggle("fallback", Boolean(hw.fallback));
   cam.age.textContent = c.frame_age_s === null ? "\\u2014"

@@ -138,7 +138,9 @@ def test_required_hardware_refuses_to_stream_without_a_reconnect_loop(rig: Rig) 
     wait_for(lambda: rig.camera("req")["state"] == "unsupported", 30, "req refused")
     cam = rig.camera("req")
     assert str(cam["reason"]).startswith("hwaccel_required: cuda unavailable: "), cam
-    assert cam["last_seq"] is None and cam["fps"] == 0
+    assert cam["last_seq"] is None and cam["fps"] == 0 and cam["decoder"] == ""
+    assert cam["hwaccel"] == {"requested": "cuda", "active": None,
+                              "fallback": str(cam["reason"]).removeprefix("hwaccel_required: ")}
     # the next try waits a refused login's backoff, not a reconnect's: one attempt so far
     elapsed = time.monotonic() - rig.started
     if elapsed < REQUIRED_BACKOFF_S * 0.9:

@@ -43,7 +43,9 @@ class DecodingState:
     @property
     def decoder(self) -> str:
         """In words: ``h264 (cuda)``, ``h264 (software; cuda unavailable: ...)``, ``h264``."""
-        codec = self.codec or "?"
+        codec = self.codec
+        if not codec:  # not opened yet (or refused before opening): nothing decodes
+            return ""
         if self.active:
             return f"{codec} ({self.active})"
         if self.fallback:
