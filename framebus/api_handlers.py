@@ -138,7 +138,7 @@ class Handlers:
             "reason": camera.reason, "fps": round(stats.fps, 2),
             "declared_fps": round(stats.declared_fps, 2), "width": stats.width,
             "height": stats.height, "codec": stats.codec, "epoch": stats.epoch,
-            "decoder": camera.decoding.decoder, "hwaccel": camera.decoding.as_json(),
+            "decoder": camera.decoding.decoder(stats.codec), "hwaccel": camera.decoding.as_json(),
             "frames_decoded": stats.frames_decoded, "decode_errors": stats.decode_errors,
             "reconnects": dict(stats.reconnects), "last_seq": latest.seq if latest else None,
             "frame_age_s": round(time.monotonic() - stats.last_frame_mono, 3)

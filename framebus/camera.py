@@ -31,7 +31,7 @@ from framebus.backoff import Backoff, BackoffPolicy
 from framebus.config import CameraConfig
 from framebus.errors import FramebusError
 from framebus.failures import describe_error, failure_reason, human_reason
-from framebus.hwdecode.choice import Choice, HardwareRequired, choose, decoder_for
+from framebus.hwdecode.choice import Choice, HardwareRequired, choose, decoder_for, on_device
 from framebus.hwdecode.state import DecodingState, DeviceFailed
 from framebus.opening import decoder_options, open_options
 from framebus.remote.settings import RemoteConfig
@@ -298,7 +298,6 @@ class Camera:
         from framebus.remote.source import NoFrames, stream_remote
 
         self.stats.codec = "zenoh"
-        self.decoding.opened("zenoh")  # frames arrive decoded: no decoder, no hwaccel
         epoch = self.stats.epoch
 
         def publish(frame: av.VideoFrame, header: FrameHeader, new_epoch: bool) -> None:
@@ -334,7 +333,6 @@ class Camera:
             raise _Unsupported("no decoder for the video stream")
         self._check_size(codec.width, codec.height)  # from the SDP/extradata: before decoding
         self.stats.codec = codec.name
-        self.decoding.opened(codec.name)
         decoder, why = decoder_for(choice, codec)  # the stream's own, or a qsv decoder
         if why is not None:
             self._not_on_device(why)
@@ -376,18 +374,17 @@ class Camera:
                 if size is not None and shape != size:
                     self.stats.epoch += 1  # size or format changed mid-stream
                     epoch = self.stats.epoch
-                if shape != size and (why := self.decoding.verify(choice, decoder)):
-                    self._not_on_device(why, recorded=True)  # FFmpeg chose software itself
+                if shape != size and self.decoding.active and (why := on_device(choice, decoder)):
+                    self._not_on_device(why)  # FFmpeg chose software itself
                 size = shape
                 # FFmpeg fills this in once the first RTCP sender report has arrived
                 realtime_us = container.start_time_realtime
                 self._publish(generation, frame, epoch, time_base, realtime_us, start_pts)
 
-    def _not_on_device(self, why: str, recorded: bool = False) -> None:
+    def _not_on_device(self, why: str) -> None:
         """The chosen device cannot decode this stream: software, or the end of the session
         when hardware is required."""
-        if not recorded:
-            self.decoding.not_on_device(why)
+        self.decoding.not_on_device(why)
         if self.config.hwaccel_required:
             raise HardwareRequired(why, self.decoding.label(why))
 

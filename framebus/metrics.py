@@ -242,8 +242,8 @@ class FramebusCollector(Collector):
             height.add_metric([name], stats.height)
             info.add_metric([name, stats.codec or "unknown"], 1)
             hw = camera.decoding
-            decoder.add_metric([name, hw.codec or "unknown", hw.requested, hw.active or "none"],
-                               1)
+            decoder.add_metric([name, stats.codec or "unknown", hw.requested,
+                                hw.active or "none"], 1)
             if hw.requested != "none":
                 for reason in dict.fromkeys([*FALLBACK_REASONS, *hw.fallbacks]):
                     fallbacks.add_metric([name, reason], hw.fallbacks.get(reason, 0))

@@ -27,13 +27,7 @@ from av.codec.hwaccel import HWAccel
 from av.video.codeccontext import VideoCodecContext
 
 from framebus.hwdecode.settings import HwaccelSettings
-from framebus.hwdecode.support import (
-    AUTO_ORDER,
-    DEVICE_TYPE,
-    HW_PIX_FMT,
-    built_device_types,
-    missing,
-)
+from framebus.hwdecode.support import AUTO_ORDER, built_device_types, missing
 
 RETRY_S = 60.0  # a device that failed to open is tried again after this long
 _PROBE_CODEC = {"cuda": "h264", "vaapi": "h264", "qsv": "h264_qsv"}
@@ -63,7 +57,7 @@ class Choice:
         """What ``av.open`` gets: the hwaccel of a native decoder (cuda, vaapi)."""
         if self.kind not in ("cuda", "vaapi"):
             return None
-        return HWAccel(device_type=DEVICE_TYPE[self.kind], device=self.device,
+        return HWAccel(device_type=self.kind, device=self.device,
                        allow_software_fallback=True)
 
 
@@ -72,7 +66,7 @@ def _open_device(kind: str, device: str | None) -> str | None:
     """Create (and free) a device context of ``kind``; None, or why it failed."""
     codec = av.Codec(_PROBE_CODEC[kind], "r")
     try:
-        HWAccel(device_type=DEVICE_TYPE[kind], device=device).create(codec)
+        HWAccel(device_type=kind, device=device).create(codec)
     except (av.error.FFmpegError, OSError, NotImplementedError, ValueError) as exc:
         text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         return f"opening the device failed: {text}"
@@ -89,7 +83,7 @@ class _Devices:
 
     def problem(self, kind: str, device: str | None) -> tuple[str | None, str]:
         """(why ``kind`` cannot be used, the metric reason), or (None, "")."""
-        if DEVICE_TYPE[kind] not in built_device_types():
+        if kind not in built_device_types():
             return missing(kind, device), "not_built"
         with self._lock:  # one camera opens a device at a time: CUDA contexts are costly
             now = time.monotonic()
@@ -172,7 +166,7 @@ def on_device(choice: Choice, context: VideoCodecContext) -> str | None:
     if not context.is_hwaccel:
         return f"{choice.kind} cannot decode {context.name}"
     fmt = context.format
-    if fmt is None or fmt.name != HW_PIX_FMT[choice.kind]:
+    if fmt is None or fmt.name != choice.kind:
         return (f"the {choice.kind} decoder refused this {context.name} stream (a profile, "
                 "size or format the hardware does not take)")
     return None

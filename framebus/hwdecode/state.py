@@ -10,9 +10,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from av.video.codeccontext import VideoCodecContext
-
-from framebus.hwdecode.choice import RETRY_S, Choice, on_device
+from framebus.hwdecode.choice import RETRY_S, Choice
 
 log = logging.getLogger("framebus.camera")
 FALLBACK_REASONS = ("not_built", "unavailable", "device_failed", "codec_unsupported",
@@ -34,23 +32,21 @@ class DecodingState:
     requested: str = "none"
     active: str | None = None
     fallback: str = ""
-    codec: str = ""
     fallbacks: Counter[str] = field(default_factory=Counter)  # sessions, by reason
     _logged: set[str] = field(default_factory=set)
     _failures: int = 0  # decode errors in a row while on the device
     _broken: tuple[str, float] | None = None  # why the device failed mid-stream, and until
 
-    @property
-    def decoder(self) -> str:
-        """In words: ``h264 (cuda)``, ``h264 (software; cuda unavailable: ...)``, ``h264``."""
-        codec = self.codec
+    def decoder(self, codec: str) -> str:
+        """In words, for the stream's ``codec``: ``h264 (cuda)``, ``h264 (software; cuda
+        unavailable: ...)``, ``h264``."""
         if not codec:  # not opened yet (or refused before opening): nothing decodes
             return ""
         if self.active:
             return f"{codec} ({self.active})"
         if self.fallback:
             return f"{codec} (software; {self.fallback})"
-        return self.codec
+        return codec
 
     def as_json(self) -> dict[str, str | None]:
         """The API's ``hwaccel`` object."""
@@ -93,20 +89,6 @@ class DecodingState:
         self.fallback = reason
         self.fallbacks[label] += 1
 
-    def opened(self, codec: str) -> None:
-        """The stream's codec is known."""
-        self.codec = codec
-
-    def verify(self, choice: Choice, context: VideoCodecContext) -> str | None:
-        """After a frame: None when it was decoded as chosen, else why it was not (FFmpeg
-        went to software on its own), recorded as a fallback."""
-        if self.active is None:
-            return None
-        why = on_device(choice, context)
-        if why is not None:
-            self.not_on_device(why)
-        return why
-
     def not_on_device(self, why: str) -> None:
         """The device cannot take this stream (``why``): software from here on."""
         self.active = None
@@ -114,7 +96,7 @@ class DecodingState:
 
     @staticmethod
     def label(why: str) -> str:
-        """The metric reason of a ``verify``/``not_on_device`` reason."""
+        """The metric reason of a ``not_on_device`` reason (``on_device``'s words)."""
         return "codec_unsupported" if "cannot decode" in why else "stream_refused"
 
     def _fell_back(self, label: str, reason: str) -> None:

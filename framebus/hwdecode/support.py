@@ -15,9 +15,8 @@ import av.codec.hwaccel
 
 DEFAULT_RENDER_NODE = "/dev/dri/renderD128"
 NVIDIA_CONTROL = "/dev/nvidiactl"
-# the device type each kind opens, and the pixel format a decoder on it produces
-DEVICE_TYPE = {"cuda": "cuda", "vaapi": "vaapi", "qsv": "qsv"}
-HW_PIX_FMT = {"cuda": "cuda", "vaapi": "vaapi", "qsv": "qsv"}
+# a kind's name is FFmpeg's name of its device type and of the pixel format of the frames
+# a decoder on it produces (cuda, vaapi, qsv)
 AUTO_ORDER = ("cuda", "vaapi", "qsv")
 
 
@@ -40,7 +39,7 @@ def render_node(device: str | None) -> str:
 def missing(kind: str, device: str | None) -> str | None:
     """Why ``kind`` (cuda, vaapi, qsv) cannot work on this host; None when it may (only
     opening the device tells for sure: see ``choice``)."""
-    if DEVICE_TYPE[kind] not in built_device_types():
+    if kind not in built_device_types():
         have = ", ".join(built_device_types()) or "none"
         return (f"{kind} is not built into this PyAV's FFmpeg (it has: {have}); install a "
                 f"PyAV built with {kind}")
