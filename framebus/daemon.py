@@ -277,7 +277,7 @@ class Daemon:
             running = self.cameras.cameras.get(name)
             if running is not None and (running.config, self.passwords.get(name)) == (
                 camera_config, passwords.get(name)
-            ):
+            ) and not _remote_changed(running, config):
                 continue
             if running is not None:
                 self.cameras.remove(name)
@@ -335,6 +335,12 @@ class Daemon:
         self.fanout.stop()
         if self.token_path is not None:
             self.token_path.unlink(missing_ok=True)
+
+
+def _remote_changed(camera: Camera, config: Config) -> bool:
+    """A ``zenoh:`` camera reaches the network by ``remote:`` (endpoints, TLS file): a reload
+    that changes it must reopen that camera's session, not keep the old one."""
+    return camera.config.url.startswith("zenoh:") and camera.remote != config.remote
 
 
 def reload(daemon: Daemon, path: Path, notifier: Notifier, host: str | None = None) -> None:

@@ -13,15 +13,20 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import zenoh
+from camerakit import FAST
 from framegen import make_frame
 from prockit import free_port
 from waiting import wait_for
 
+from framebus.camera import CameraState
 from framebus.client import FrameRequestError
+from framebus.config import Config, parse_config
+from framebus.daemon import Daemon
 from framebus.reading import RESTART, StreamEvent
 from framebus.remote.aio import AsyncRemoteSubscriber
 from framebus.remote.consumer import RemoteCore, RemoteSubscriber
@@ -378,3 +383,42 @@ def test_a_state_reply_is_not_a_frame(net: Net) -> None:
 def test_nobody_answering_is_a_timeout(net: Net) -> None:
     with pytest.raises(TimeoutError, match="no host answered"):
         request_remote_frame(camera(), session=net.sub, timeout=0.3)
+
+
+def test_a_reload_that_changes_remote_reopens_zenoh_cameras(net: Net, tmp_path: Path) -> None:
+    """An operator who fixes ``remote.connect`` and reloads gets the camera streaming: the
+    running zenoh: camera must not keep its session to the old endpoint."""
+    cam = camera()
+
+    def config(endpoint: str) -> Config:
+        return parse_config({
+            "fifo_dir": str(tmp_path), "http": {"enabled": False},
+            "cameras": {"relay": {**FAST, "url": f"zenoh:h1/{cam}/gray", "open_timeout": "1s"}},
+            "remote": {"connect": [endpoint]}})
+
+    stop = threading.Event()
+    pub = net.pub.declare_publisher(data_key("h1", cam, "gray"),
+                                    congestion_control=zenoh.CongestionControl.DROP)
+
+    def feed() -> None:  # a camera host's bridge at 50 fps
+        for seq in itertools.count(1):
+            if stop.wait(0.02):
+                return
+            put_frame(pub, cam, seq)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    daemon = Daemon(config(f"tcp/127.0.0.1:{free_port()}"), {"relay": None})  # nobody there
+    daemon.start()
+    try:
+        relay = daemon.cameras.cameras["relay"]
+        wait_for(lambda: relay.state is CameraState.BACKOFF and "no frame from" in relay.reason,
+                 DEADLINE, "the camera backing off without frames")
+        daemon.reconcile(config(net.endpoint), {"relay": None})
+        wait_for(lambda: daemon.cameras.cameras["relay"].state is CameraState.STREAMING,
+                 DEADLINE, "the camera streaming through the endpoint the reload named")
+    finally:
+        stop.set()
+        daemon.stop()
+        feeder.join(DEADLINE)
+        pub.undeclare()
