@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("config", type=Path)
+    where = check.add_mutually_exclusive_group(required=True)
+    where.add_argument("config", type=Path, nargs="?")
+    where.add_argument("-c", "--config", type=Path, dest="config_option",
+                       metavar="CONFIG", help="the same, as run and bridge take it")
     check.add_argument("--probe", action="store_true",
                        help="also open every hardware decoding device (cuda, vaapi, qsv) and "
                        "say what works on this host")
@@ -194,7 +197,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         from framebus.configcheck import check_file
 
-        config, warnings = check_file(args.config)
+        path = args.config or args.config_option
+        config, warnings = check_file(path)
         for warning in warnings:
             print(f"framebus: warning: {warning}", file=sys.stderr)
         if args.probe:
@@ -202,7 +206,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             for line in probe_lines((n, c.decoding) for n, c in config.cameras.items()):
                 print(line)
-        print(f"{args.config}: ok ({len(config.cameras)} cameras)")
+        print(f"{path}: ok ({len(config.cameras)} cameras)")
         return EXIT_OK
     if args.command == "snapshot":
         from framebus.snapshot import snapshot
@@ -222,15 +226,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return status(args, sys.stdout)
     if args.command == "watch":
-        from framebus.watch import consumer_log, watch
+        from framebus.watch import consumer_log, remote_log, watch
 
         with consumer_log(args.config):
+            remote_log(args.fifo)
             return watch(args.fifo, args.duration, args.count, sys.stdout,
                          remote=remote_config(args))
     if args.command == "dump":
-        from framebus.watch import consumer_log, dump
+        from framebus.watch import consumer_log, dump, remote_log
 
         with consumer_log(args.config):
+            remote_log([args.fifo])
             return dump(args.fifo, args.out, args.count, args.image, args.timeout,
                         remote=remote_config(args))
     if args.command == "testsrc":

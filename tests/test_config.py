@@ -136,13 +136,16 @@ def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-def test_the_shipped_example_config_is_valid(tmp_path: Path) -> None:
+@pytest.mark.parametrize("option", [[], ["-c"]])  # -c as run and bridge take it
+def test_the_shipped_example_config_is_valid(tmp_path: Path, option: list[str]) -> None:
     (tmp_path / "front.pass").write_text("example\n")
     example = Path(__file__).resolve().parent.parent / "config" / "framebus.yaml"
-    result = subprocess.run([sys.executable, "-m", "framebus", "check-config", str(example)],
+    result = subprocess.run([sys.executable, "-m", "framebus", "check-config", *option,
+                             str(example)],
                             capture_output=True, text=True, timeout=60, check=False,
                             env={"CREDENTIALS_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{example}: ok (")
 
 
 def test_the_shipped_example_checks_outside_systemd_with_a_warning() -> None:
