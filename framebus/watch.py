@@ -72,12 +72,24 @@ def consumer_log(config: Path | None) -> Iterator[None]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_ConsumerLog(fifo_dir, source))
     handler.setLevel(logging.WARNING)
-    logger = logging.getLogger("framebus")
-    logger.addHandler(handler)
+    loggers = [logging.getLogger("framebus"), logging.getLogger("zenoh")]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def remote_log(paths: Sequence[Path]) -> None:
+    """With a ``zenoh:`` target, zenoh's warnings to stderr, a TLS handshake that the router
+    refused included (init_zenoh_log). Called before ``sys.stdout`` is handed on: it moves
+    fd 1 (zenoh's log) and gives ``sys.stdout`` a new object on the original stdout."""
+    if any(is_remote(path) for path in paths):
+        from framebus.remote.session import init_zenoh_log
+
+        init_zenoh_log()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,19 @@ The router (``framebus router``), the camera host's bridge and the remote consum
 config/zenoh/router.json5 and peer.json5 as shipped; their certificates come the way systemd's
 ``LoadCredential=`` hands them over, in ``$CREDENTIALS_DIRECTORY`` (ca.pem, host.pem,
 host.key), with the common names the shipped ACLs list. A consumer whose certificate another
-CA issued, under a listed name, gets nothing while the good consumer streams. (The router's
-log line for the refusal, ``invalid peer certificate: UnknownIssuer``, is asserted with plain
-zenoh nodes in test_zenoh_netns.py.)
+CA issued, under a listed name, gets nothing while the good consumer streams, and both ends
+say why in their own logs. The router, the side that accepts the connection and checks the
+client certificate, logs on stderr like every framebus line ``WARNING zenoh:
+zenoh_link_tls::unicast: invalid peer certificate: UnknownIssuer (refused a connecting peer's
+TLS certificate)``; the refused consumer (the library's reader, and ``framebus watch``) logs
+``TLS handshake with tls/ROUTER:7447 failed: received fatal alert: UnknownCA (retrying)``.
+zenoh writes its log to stdout, which this test's Proc reads for JSON and drops otherwise:
+framebus.remote.session.init_zenoh_log forwards it into framebus's logging.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -18,6 +24,7 @@ from pathlib import Path
 import pytest
 from remotekit import FLAT, PORT, Proc, framebus, reader, wait_frames, wait_streaming, window
 from remotekit import write_config as write_yaml
+from waiting import wait_for
 
 from framebus.testsrc import netns
 from framebus.testsrc.tlscerts import HostCert, make_pki
@@ -29,6 +36,12 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 ZENOH = Path(__file__).resolve().parent.parent / "config" / "zenoh"
+# The router's line (zenoh's WARN, forwarded into framebus's log) when a client certificate
+# is not from the site CA, and the dialing side's (zenoh's DEBUG, which framebus keeps).
+REFUSED_CERT = re.compile(r"WARNING zenoh: zenoh_link_tls::unicast: invalid peer certificate: "
+                          r"UnknownIssuer \(refused a connecting peer's TLS certificate\)$",
+                          re.MULTILINE)
+REFUSED_DIAL = re.compile(r"TLS handshake with tls/\S+ failed: received fatal alert: UnknownCA")
 
 
 def credentials(directory: Path, ca: Path, cert: HostCert) -> dict[str, str]:
@@ -37,7 +50,7 @@ def credentials(directory: Path, ca: Path, cert: HostCert) -> dict[str, str]:
     shutil.copy(ca, directory / "ca.pem")
     shutil.copy(cert.cert, directory / "host.pem")
     shutil.copy(cert.key, directory / "host.key")
-    return {"CREDENTIALS_DIRECTORY": str(directory), "RUST_LOG": "warn"}
+    return {"CREDENTIALS_DIRECTORY": str(directory)}
 
 
 def test_mtls_with_the_shipped_configs_streams_and_refuses_a_wrong_certificate(
@@ -67,17 +80,27 @@ def test_mtls_with_the_shipped_configs_streams_and_refuses_a_wrong_certificate(
         consumer = [*reader("zenoh:cam1/gen/nv12", "--connect", router,
                             "--zenoh-config", str(ZENOH / "peer.json5"))]
         try:
-            start(framebus("router", "--zenoh-config", str(ZENOH / "router.json5"),
-                               "--listen", router), rtr, "router", pki.hosts["framebus-router"])
+            rtr_proc = start(framebus("router", "--zenoh-config", str(ZENOH / "router.json5"),
+                                      "--listen", router), rtr, "router",
+                             pki.hosts["framebus-router"])
             procs.append(Proc(framebus("run", "-c", str(config)), cam, tmp_path / "daemon.log"))
             wait_streaming(run / "control.sock", ["gen"])
-            start(framebus("bridge", "-c", str(config)), cam, "bridge",
-                  pki.hosts["framebus-cam1"])
+            bridge = start(framebus("bridge", "-c", str(config)), cam, "bridge",
+                           pki.hosts["framebus-cam1"])
             good = start(consumer, gpu, "good", pki.hosts["framebus-gpu1"])
             rogue = start(consumer, gpu, "rogue", pki.rogue)
+            rogue_watch = start(framebus("watch", "zenoh:cam1/gen/nv12", "--connect", router,
+                                         "--zenoh-config", str(ZENOH / "peer.json5")),
+                                gpu, "rogue-watch", pki.rogue)
             wait_frames(good, 25, 60, "frames at the consumer with the site's certificate")
             window([good, rogue], 5.0)
             assert rogue.frames() == [], "a certificate from another CA got frames"
+            wait_for(lambda: REFUSED_CERT.search(rtr_proc.log_text()), 10,
+                     "the router to log the refused certificate")
+            for refused in (rogue, rogue_watch):  # the library's reader, and framebus watch
+                wait_for(lambda p=refused: REFUSED_DIAL.search(p.log_text()), 10,
+                         f"{refused.log.name} to log the failed handshake")
+            assert not REFUSED_CERT.search(good.log_text() + bridge.log_text())
             assert rogue.proc.poll() is None
             assert all(f["uniform"] for f in good.frames())
         finally:

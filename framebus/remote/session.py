@@ -5,19 +5,99 @@ trace."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from framebus.errors import ConfigError, FramebusError
 from framebus.remote.settings import RemoteConfig
 
+# zenoh's log lines as its tracing subscriber writes them (colours off by NO_COLOR, stripped
+# anyway): "2026-01-02T03:04:05.678901Z  WARN acc-0 ThreadId(07) zenoh_link_tls::unicast: text"
+_ZENOH_LINE = re.compile(
+    r"^\S+\s+(TRACE|DEBUG|INFO|WARN|ERROR)\s+(?:\S+\s+)?ThreadId\(\d+\)\s+(.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ZENOH_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,
+                 "WARN": logging.WARNING, "ERROR": logging.ERROR}
+# Without RUST_LOG: warnings, plus the orchestrator's debug lines, of which only a dial that a
+# TLS peer refused is kept (as a warning); zenoh logs that only at debug, and it is what
+# a host with a wrong certificate needs to see. Every other debug line is dropped here.
+ZENOH_LOG_DEFAULT = "warn,zenoh::net::runtime::orchestrator=debug"
+_ORCHESTRATOR = "zenoh::net::runtime::orchestrator: "
+_TLS_DIAL_REFUSED = re.compile(
+    r"Unable to connect to (?:configured peer )?(\S+?)! ((?:received fatal alert|invalid peer "
+    r"certificate)\S*: \w+)")
+# zenoh 1.10 ends every accept error with "Hint: increase the system open file limit.", a
+# refused certificate included; that hint sends an operator the wrong way
+_FD_HINT = ". Hint: increase the system open file limit."
+_zenoh_log_lock = threading.Lock()
+_zenoh_log_started = False
+
 
 def init_zenoh_log() -> None:
-    """zenoh's own warnings (a refused certificate, a denied peer, a lost link) to stderr,
-    where journald takes them; ``RUST_LOG`` overrides the level. Long-running processes
-    (bridge, router) call this once; library users keep zenoh quiet unless they ask."""
-    import_zenoh().init_log_from_env_or("warn")
+    """zenoh's own warnings (a refused certificate, a denied peer, a lost link) into this
+    process's log, as logger ``zenoh``: to stderr, or to journald with a priority.
+    ``RUST_LOG`` sets zenoh's level and is passed through as is; without it, warnings and a
+    dial refused by TLS (:data:`ZENOH_LOG_DEFAULT`). The bridge, the router and the ``watch``
+    and ``dump`` commands call this once; library users keep zenoh quiet unless they ask.
+
+    zenoh-python writes its log to *stdout* (fd 1) and offers no other writer, so fd 1 becomes
+    a pipe read by a thread that hands each line to :mod:`logging`; ``sys.stdout`` keeps the
+    original stdout. (Before, a router's "invalid peer certificate: UnknownIssuer" went to
+    stdout in colour, which journald shows as "[blob data]" and a reader of stderr misses.)"""
+    global _zenoh_log_started
+    z = import_zenoh()
+    with _zenoh_log_lock:
+        if _zenoh_log_started:
+            return
+        _zenoh_log_started = True
+        explicit = bool(os.environ.get("RUST_LOG"))
+        os.environ.setdefault("NO_COLOR", "1")  # tracing-subscriber's switch for ANSI colours
+        read_end, write_end = os.pipe()
+        if sys.stdout is not None:
+            sys.stdout.flush()
+            sys.stdout = open(os.dup(1), "w", encoding=sys.stdout.encoding,  # noqa: SIM115
+                              errors=sys.stdout.errors, buffering=1)
+        os.dup2(write_end, 1)
+        os.close(write_end)
+        logger = logging.getLogger("zenoh")
+        logger.setLevel(logging.DEBUG)  # RUST_LOG decides what zenoh writes at all
+        threading.Thread(target=_forward_zenoh_log, args=(read_end, logger, explicit),
+                         name="zenoh-log", daemon=True).start()
+        z.init_log_from_env_or(ZENOH_LOG_DEFAULT)
+
+
+def zenoh_record(line: str, explicit: bool) -> tuple[int, str] | None:
+    """``(level, message)`` for one line of zenoh's log, or None to drop it; a line of its
+    own (a continuation, a stray print) comes back as a warning."""
+    line = _ANSI.sub("", line).rstrip()
+    match = _ZENOH_LINE.match(line)
+    if not line:
+        return None
+    if not match:
+        return logging.WARNING, line
+    level, text = _ZENOH_LEVELS[match[1]], match[2].removesuffix(_FD_HINT)
+    if "invalid peer certificate" in text and text != match[2]:
+        text += " (refused a connecting peer's TLS certificate)"
+    if level == logging.DEBUG and not explicit:
+        refused = _TLS_DIAL_REFUSED.search(text) if text.startswith(_ORCHESTRATOR) else None
+        if refused is None:
+            return None
+        return logging.WARNING, (f"{_ORCHESTRATOR}TLS handshake with {refused[1]} failed: "
+                                 f"{refused[2]} (retrying)")
+    return level, text
+
+
+def _forward_zenoh_log(fd: int, logger: logging.Logger, explicit: bool) -> None:
+    with open(fd, encoding="utf-8", errors="replace") as lines:
+        for raw in lines:
+            record = zenoh_record(raw, explicit)
+            if record is not None:
+                logger.log(record[0], "%s", record[1])
 
 
 def import_zenoh() -> Any:
