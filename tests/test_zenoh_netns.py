@@ -218,12 +218,11 @@ def pki(net: Net, tmp_path: Path) -> Pki:
 
 
 def shipped(name: str, cert: HostCert, ca: Path, listen: str, *extra: str) -> list[str]:
-    """Args that load config/zenoh/<name>.json5 and rewrite its paths, endpoints and names."""
+    """Args that load config/zenoh/<name>.json5 and rewrite its paths and endpoints (the
+    certificates carry the names its ACL lists)."""
     args = ["--config", str(CONFIG_DIR / f"{name}.json5"),
             "--set", f'listen/endpoints=["{listen}"]',
-            "--set", f'transport/link/tls/root_ca_certificate="{ca}"',
-            "--set", f"access_control/subjects=[{{id: 'framebus_hosts', "
-                     f"cert_common_names: {LISTED!r}}}]"]
+            "--set", f'transport/link/tls/root_ca_certificate="{ca}"']
     for side in ("listen", "connect"):
         args += ["--set", f'transport/link/tls/{side}_certificate="{cert.cert}"',
                  "--set", f'transport/link/tls/{side}_private_key="{cert.key}"']
@@ -281,6 +280,42 @@ def test_acl_denies_a_site_certificate_with_an_unlisted_name(net: Net, pki: Pki)
     wait_for(lambda: len(good.samples("framebus/cam1/frames")) >= 10
              and len(r.samples("framebus/gpu1/frames")) >= 10, 20, "ticks between listed nodes")
     assert stranger.samples() == []
+
+
+def test_acl_lets_a_host_publish_only_under_its_own_name(net: Net, tmp_path: Path) -> None:
+    """A listed machine (framebus-gpu1) with a valid certificate cannot put frames on another
+    host's key, answer its queries or declare its liveliness; a watcher (framebus-cam2, and
+    the router) gets cam1's frames and gpu1's own. The attacker links to the watcher directly
+    (gossip), so the peers' ACL is tested along with the router's."""
+    names = ["framebus-cam1", "framebus-gpu1", "framebus-cam2"]
+    pki = make_pki(tmp_path / "tls", {ROUTER_CN: net.a.address,
+                                      **{name: net.b.address for name in names}})
+    r = router(net, pki)
+    r.request("sub", key="framebus/**")
+    cam1, attacker, watcher = (peer(net, pki.hosts[name], pki.ca.cert) for name in names)
+    watcher.request("sub", key="framebus/**")
+    wait_for(lambda: attacker.zid in watcher.request("info")["peers"], 20,
+             "the attacker to link to the watcher directly")
+    cam1.request("ticker", key="framebus/cam1/gen/nv12", period=0.05)
+    cam1.request("queryable", key="framebus/cam1/gen/nv12", text="cam1-answer")
+    cam1.request("token", key="framebus/cam1/gen/nv12")
+    wait_delivery(attacker, watcher, "framebus/gpu1/own")  # its own name: allowed
+    attacker.request("queryable", key="framebus/cam1/gen/nv12", text="forged-answer")
+    attacker.request("token", key="framebus/cam1/forged")
+    for node in (r, watcher):  # both see cam1's frames and cam1 alone answering its key
+        wait_for(lambda node=node: len(node.samples("framebus/cam1/gen/nv12")) >= 5, 20,
+                 "cam1's frames")
+        wait_for(lambda node=node: node.request("get", key="framebus/cam1/**")["replies"]
+                 == ["cam1-answer"], 20, "cam1's answer alone")
+        wait_for(lambda node=node: node.request("alive", key="framebus/cam1/**")["keys"]
+                 == ["framebus/cam1/gen/nv12"], 20, "cam1's token alone")
+    attacker.request("put", key="framebus/cam1/gen/nv12", text="forged", count=20, cc="drop")
+    attacker.request("put", key="framebus/gpu1/own", text="after", cc="drop")
+    for node in (r, watcher):  # the put after the forged ones came: they would have too
+        wait_for(lambda node=node: any(s["text"] == "after" for s in node.samples()), 20,
+                 "the attacker's own put after the forged ones")
+        assert not [s for s in node.samples() if s["text"] in ("forged", "forged-answer")]
+    assert r.request("get", key="framebus/cam1/**")["replies"] == ["cam1-answer"]
 
 
 # --- namespace lifecycle -------------------------------------------------------------------

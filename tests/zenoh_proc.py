@@ -9,7 +9,12 @@ then executes one JSON command per stdin line and answers with JSON lines on std
   (size, text when small, arrival time on the machine-wide monotonic clock);
 - ``{"op": "put", "key": K, "text": T | "size": N, "count": C, "cc": "block" | "drop"}``;
 - ``{"op": "ticker", "key": K, "period": s}``: put ``{"seq": n}`` every period (DROP, so a
-  dead link never blocks it); ``{"op": "stop_ticker"}``.
+  dead link never blocks it); ``{"op": "stop_ticker"}``;
+- ``{"op": "queryable", "key": K, "text": T}``: answer queries on K with T;
+  ``{"op": "get", "key": K}``: query K, reply ``{"replies": [text, ...]}`` (errors as
+  ``"err:..."``);
+- ``{"op": "token", "key": K}``: declare a liveliness token; ``{"op": "alive", "key": K}``:
+  reply ``{"keys": [...]}``, the tokens alive under K.
 
 Zenoh's own log (``RUST_LOG``, default warn) goes to stderr. It exits on stdin EOF, so it
 never outlives the test. Parent side: :class:`ZenohProc` starts one in a host and waits on
@@ -102,6 +107,21 @@ def _child(argv: Sequence[str]) -> int:
                                  daemon=True).start()
             elif op == "stop_ticker":
                 ticker_stop.set()
+            elif op == "queryable":
+                text = cmd["text"]
+                keep.append(session.declare_queryable(
+                    cmd["key"], lambda query, text=text: query.reply(query.key_expr, text)))
+            elif op == "get":
+                reply["replies"] = [
+                    r.ok.payload.to_string() if r.ok is not None
+                    else "err:" + r.err.payload.to_string()
+                    for r in session.get(cmd["key"], timeout=cmd.get("timeout", 2.0))]
+            elif op == "token":
+                keep.append(session.liveliness().declare_token(cmd["key"]))
+            elif op == "alive":
+                reply["keys"] = sorted(
+                    str(r.ok.key_expr) for r in session.liveliness().get(
+                        cmd["key"], timeout=cmd.get("timeout", 2.0)) if r.ok is not None)
             else:
                 raise ValueError(f"unknown op {op!r}")
             _emit(ev="reply", id=rid, **reply)
