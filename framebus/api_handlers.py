@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import stat
 import threading
 import time
 from http import HTTPStatus
@@ -389,6 +391,16 @@ class Handlers:
                            f"{path} exists and belongs to uid {info.st_uid}: the daemon only "
                            "takes over FIFOs it made itself")
         if peer.uid is not None and peer.uid not in (0, os.geteuid()):
+            if stat.S_ISFIFO(info.st_mode) and Path(resolved).parent == Path(
+                    os.path.realpath(self.daemon.config.fifo_dir)):
+                # A FIFO of the daemon's own directory that no subscriber uses: a run-time
+                # subscription's, left by the daemon's previous run (the directory is kept
+                # across restarts). Replaced by a new one, not taken over: a reader still on
+                # the old inode gets nothing. Without this a client (framebus bridge) could
+                # not subscribe again under its name after `systemctl restart framebus`.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(resolved)
+                return
             raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused",
                            f"{path} exists: give a new path")
 
