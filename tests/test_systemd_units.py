@@ -168,7 +168,10 @@ def test_bridge_and_router_keep_the_daemons_sandbox(unit: str) -> None:
     assert found["RestrictAddressFamilies"] == [main["RestrictAddressFamilies"][0] + " AF_NETLINK"]
     assert found["UMask"] == ["0077"]  # they make no file anyone else should read
     # the TLS files as credentials; camera passwords out of reach
-    assert found["LoadCredential"] == TLS_CREDENTIALS
+    # the router's config too: its dynamic user is in no group, and /etc/framebus is 0750
+    # root:framebus where a daemon runs (scripts/systemd-check)
+    config = ["router.json5:/etc/framebus/zenoh/router.json5"] if "router" in unit else []
+    assert found["LoadCredential"] == config + TLS_CREDENTIALS
     assert found["InaccessiblePaths"] == ["-/etc/framebus/credentials"]
     assert "RuntimeDirectory" not in found  # /run/framebus is the daemon's
 
@@ -204,7 +207,7 @@ def test_the_bridge_template_is_the_bridge_per_instance() -> None:
 def test_the_router_runs_as_a_dynamic_user() -> None:
     router = settings("framebus-router.service")
     assert router["ExecStart"] == [
-        f"{INSTALLED_BINARY} router --zenoh-config /etc/framebus/zenoh/router.json5"]
+        f"{INSTALLED_BINARY} router --zenoh-config %d/router.json5"]  # the credential
     assert router["DynamicUser"] == ["yes"] and "User" not in router
     assert router["WantedBy"] == ["multi-user.target"]
     assert not {"PartOf", "BindsTo", "Requires"} & router.keys()  # needs no daemon
