@@ -25,17 +25,31 @@ class Line:
     number: int  # in README.md
 
 
-def section(readme: Path, title: str = SECTION) -> tuple[str, int, int]:
-    """README.md's text, and where the section starts and ends in it."""
+def section(readme: Path, title: str = SECTION, sub: str | None = None,
+            ) -> tuple[str, int, int]:
+    """README.md's text, and where the section (its ``### sub`` subsection) starts and ends
+    in it."""
     text = readme.read_text()
     start = text.index(f"\n## {title}\n") + 1
     end = text.find("\n## ", start)
-    return text, start, end if end >= 0 else len(text)
+    end = end if end >= 0 else len(text)
+    if sub is not None:
+        start = text.index(f"\n### {sub}\n", start, end) + 1
+        following = text.find("\n### ", start, end)
+        end = following if following >= 0 else end
+    return text, start, end
 
 
-def blocks(readme: Path) -> list[list[Line]]:
+def raw_blocks(readme: Path, title: str, sub: str | None = None) -> list[str]:
+    """The ``sh`` blocks of a section (or subsection) as written."""
+    text, start, end = section(readme, title, sub)
+    return [m.group(1) for m in re.compile(r"^```sh\n(.*?)^```", re.S | re.M).finditer(
+        text, start, end)]
+
+
+def blocks(readme: Path, title: str = SECTION, sub: str | None = None) -> list[list[Line]]:
     """The section's ``sh`` blocks, each as its commands in order."""
-    text, start, end = section(readme)
+    text, start, end = section(readme, title, sub)
     found = []
     for match in re.compile(r"^```sh\n(.*?)^```", re.S | re.M).finditer(text, start, end):
         number = text[:match.start()].count("\n") + 1  # the ``` line
