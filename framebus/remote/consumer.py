@@ -28,7 +28,7 @@ from typing import Any
 
 from framebus.errors import ProtocolError
 from framebus.reading import RESTART, Frame, StreamEvent
-from framebus.remote.mapping import MissCounter, decode_sample, selector
+from framebus.remote.mapping import MissCounter, decode_sample, selector, split_key
 from framebus.remote.session import open_session
 from framebus.remote.settings import RemoteConfig
 from framebus.wire import PREFIX_LEN, StateHeader, decode_state_reason, state_name
@@ -64,11 +64,19 @@ class _Ring:
         self.states: collections.deque[Any] = collections.deque(maxlen=_STATES_KEPT)
         self.key: str | None = None  # the key kept once one delivered (wildcard selectors)
         self.replaced = 0
+        self.bad_keys = 0  # samples on keys that are not framebus data keys: never kept
         self.closed = False
         self.wake = wake  # asyncio: hand the wake-up to the event loop
 
     def put(self, sample: Any) -> None:
         key = str(sample.key_expr)
+        if key != self.key:  # a key not yet kept: a wildcard selector lets any chunk by
+            try:
+                split_key(key)
+            except ProtocolError:
+                with self.cond:
+                    self.bad_keys += 1
+                return
         attachment = sample.attachment
         with self.cond:
             if self.closed or (self.key is not None and key != self.key):
@@ -162,6 +170,8 @@ class RemoteCore:
         with self._ring.cond:  # zenoh's thread adds to it
             self.stats.ring_dropped, self._ring.replaced = (
                 self.stats.ring_dropped + self._ring.replaced, 0)
+            self.stats.invalid, self._ring.bad_keys = (
+                self.stats.invalid + self._ring.bad_keys, 0)
         try:
             message = decode_sample(raw, memoryview(payload.to_bytes()))
         except ProtocolError:
