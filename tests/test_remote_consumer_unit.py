@@ -32,6 +32,7 @@ from framebus.remote.aio import AsyncRemoteSubscriber
 from framebus.remote.consumer import RemoteCore, RemoteSubscriber
 from framebus.remote.mapping import data_key, frame_attachment, state_sample
 from framebus.remote.newest import request_remote_frame
+from framebus.remote.session import open_session
 from framebus.remote.settings import RemoteConfig
 from framebus.wire import (
     FrameHeader,
@@ -422,3 +423,41 @@ def test_a_reload_that_changes_remote_reopens_zenoh_cameras(net: Net, tmp_path: 
         daemon.stop()
         feeder.join(DEADLINE)
         pub.undeclare()
+
+
+def test_a_key_that_is_not_a_framebus_data_key_is_never_kept(net: Net) -> None:
+    """A wildcard selector (no host) matches any first chunk zenoh allows; a reader must not
+    lock onto one that is not a host name (PROTOCOL.md section 15)."""
+    cam = camera()
+    with subscriber(net, cam) as sub:
+        bad = net.publisher(f"framebus/-h1/{cam}/gray")
+        put_frame(bad, cam, 1)
+        wait_for(lambda: sub._ring.bad_keys == 1, DEADLINE, "the bad key counted")
+        good = net.publisher(data_key("h1", cam, "gray"))
+        put_frame(good, cam, 2)
+        frame = sub.read()
+        assert frame is not None and frame.seq == 2
+        assert sub.key == data_key("h1", cam, "gray") and sub.stats.invalid == 1
+
+
+def test_the_bridge_session_refuses_a_query_larger_than_1_mib_and_goes_on(net: Net) -> None:
+    """A peer cannot make the bridge hold a huge message (zenoh's default is 1 GiB): the
+    oversized query is dropped unanswered and the link keeps serving normal ones."""
+    endpoint = f"tcp/127.0.0.1:{free_port()}"
+    bridge: Any = open_session(RemoteConfig(listen=[endpoint]), publisher=True)
+    peer: Any = zenoh.open(loopback_config(connect=[endpoint]))
+    seen: list[int] = []
+    queryable = bridge.declare_queryable("framebus/h1/big/q", lambda q: (
+        seen.append(len(q.payload) if q.payload is not None else 0), q.reply(q.key_expr, b"ok")))
+    try:
+        def answers(**kwargs: Any) -> list[bytes]:
+            return [r.ok.payload.to_bytes() for r in peer.get("framebus/h1/big/q", timeout=1.0,
+                                                              **kwargs) if r.ok is not None]
+        wait_for(lambda: answers() == [b"ok"], DEADLINE, "the small query answered")
+        assert answers(payload=bytes(2 << 20)) == []
+        assert answers(payload=bytes(1000)) == [b"ok"]
+        assert 2 << 20 not in seen
+    finally:
+        queryable.undeclare()
+        peer.close()
+        bridge.close()

@@ -116,6 +116,7 @@ def import_zenoh() -> Any:
 # arrived at all. A frame is started only when the queue has room within 1 ms (zenoh's
 # wait_before_drop), so newest-wins holds; this only lets a started frame finish.
 FRAGMENT_WAIT_US = 2_000_000
+BRIDGE_RX_MAX = 1 << 20  # queries, declarations and liveliness only
 
 
 def zenoh_config(config: RemoteConfig, *, connect: list[str] | None = None,
@@ -137,6 +138,10 @@ def zenoh_config(config: RemoteConfig, *, connect: list[str] | None = None,
         # share it, past the network and its limits (network namespaces included)
         conf.insert_json5("transport/shared_memory/enabled", "false")
     apply_credentials(conf)
+    # bounds what any peer can make this process buffer for one message (a 1 GiB query to
+    # the bridge, a 1 GiB "frame" to a consumer); the bridge receives no frames at all
+    conf.insert_json5("transport/link/rx/max_message_size",
+                      str(BRIDGE_RX_MAX if publisher else config.max_message_size))
     if publisher:
         conf.insert_json5("transport/link/tx/queue/congestion_control/drop/"
                           "max_wait_before_drop_fragments", str(FRAGMENT_WAIT_US))

@@ -78,6 +78,10 @@ class RemoteConfig(_Strict):
     # the bridge's socket send buffer per link, bytes (0: the kernel's autotuning). Small
     # keeps frames young on a slow link; a fast long link needs its bandwidth-delay product
     send_buffer: int = Field(262144, ge=0, le=1 << 30)
+    # the largest zenoh message this host takes in, bytes: a frame above it is not delivered,
+    # and a peer cannot make this process hold more (zenoh's own default is 1 GiB). The
+    # bridge takes in only queries and declarations: 1 MiB there, whatever this says
+    max_message_size: int = Field(64 << 20, ge=1 << 20, le=1 << 30)
 
     @field_validator("listen", "connect")
     @classmethod
