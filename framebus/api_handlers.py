@@ -354,7 +354,7 @@ class Handlers:
             check_allowed_path(path, self.daemon.allowed_fifo_dirs())
         except FifoError as exc:
             raise ApiError(HTTPStatus.FORBIDDEN, "fifo_refused", str(exc)) from None
-        self._check_subscription_path(path, peer)
+        self._check_subscription_path(path, peer, request.name)
         try:
             added = self.daemon.add_dynamic(request.name, config)
         except FifoError as exc:
@@ -363,7 +363,7 @@ class Handlers:
             raise _exists(request.name)
         return json_reply(self.subscription_status(request.name), HTTPStatus.CREATED)
 
-    def _check_subscription_path(self, path: Path, peer: Peer) -> None:
+    def _check_subscription_path(self, path: Path, peer: Peer, name: str) -> None:
         """The daemon creates a run-time subscription's FIFO itself, in a directory that
         exists: no directories are made, and no FIFO already in use or someone else's is
         taken over."""
@@ -391,13 +391,14 @@ class Handlers:
                            f"{path} exists and belongs to uid {info.st_uid}: the daemon only "
                            "takes over FIFOs it made itself")
         if peer.uid is not None and peer.uid not in (0, os.geteuid()):
-            if stat.S_ISFIFO(info.st_mode) and Path(resolved).parent == Path(
-                    os.path.realpath(self.daemon.config.fifo_dir)):
-                # A FIFO of the daemon's own directory that no subscriber uses: a run-time
-                # subscription's, left by the daemon's previous run (the directory is kept
-                # across restarts). Replaced by a new one, not taken over: a reader still on
-                # the old inode gets nothing. Without this a client (framebus bridge) could
-                # not subscribe again under its name after `systemctl restart framebus`.
+            if stat.S_ISFIFO(info.st_mode) and resolved == os.path.realpath(
+                    self.daemon.config.fifo_dir / f"{name}.fifo"):
+                # This name's own FIFO in the daemon's directory, used by no subscriber: a
+                # run-time subscription's, left by the daemon's previous run (the directory
+                # is kept across restarts). Replaced by a new one, not taken over: a reader
+                # still on the old inode gets nothing. Without this a client (framebus
+                # bridge) could not subscribe again under its name after `systemctl restart
+                # framebus`; any other existing path stays refused.
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(resolved)
                 return

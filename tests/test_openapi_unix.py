@@ -147,6 +147,10 @@ def test_over_the_unix_socket_fifos_must_be_the_callers(unix_live: UnixLive) -> 
     os.mkfifo(fifo, 0o600)
     taken = unix_live.fifo_dir / "taken.fifo"  # an existing FIFO the daemon could take over
     os.mkfifo(taken, 0o660)
+    # the daemon's previous run left this name's FIFO (its directory outlives a restart)
+    leftover = unix_live.fifo_dir / "leftover.fifo"
+    os.mkfifo(leftover, 0o660)
+    old_fd = os.open(leftover, os.O_RDONLY | os.O_NONBLOCK)  # a reader on the old one
     os.chmod(unix_live.socket, 0o666)  # let the child connect at all
     try:
         def post(target: str, body: object) -> bytes:
@@ -154,10 +158,13 @@ def test_over_the_unix_socket_fifos_must_be_the_callers(unix_live: UnixLive) -> 
             return (f"POST {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
                     ).encode() + data
-        frame, subscription = _as_nobody(unix_live.socket, [
+        frame, subscription, again = _as_nobody(unix_live.socket, [
             post("/v1/cameras/cam/snapshot-to-fifo", {"fifo": str(fifo)}),
             post("/v1/subscriptions", {"name": "nobodys", "camera": "cam", "fifo": str(taken)}),
+            post("/v1/subscriptions", {"name": "leftover", "camera": "cam"}),
         ])
+        _check("POST", "/v1/subscriptions", again, 201)  # made anew, not taken over
+        assert os.fstat(old_fd).st_nlink == 0 and "leftover" in daemon.dynamic
         # refused before the FIFO is opened: nobody cannot even learn whether it has a reader
         error = _check("POST", "/v1/cameras/{name}/snapshot-to-fifo", frame, 403)
         assert error["error"] == "fifo_refused" and "uid 65534" in error["detail"]
@@ -173,3 +180,6 @@ def test_over_the_unix_socket_fifos_must_be_the_callers(unix_live: UnixLive) -> 
         os.chmod(unix_live.socket, 0o660)
         fifo.unlink()
         taken.unlink()
+        os.close(old_fd)
+        if "leftover" in daemon.dynamic:
+            daemon.remove_dynamic("leftover")
