@@ -185,11 +185,11 @@ def test_forced_reconnects_leak_no_threads_or_descriptors(
     threads_before, fds_before = threading.active_count(), open_fds()
     with cameras({"cam": {"url": server.url("cam"), **ALL}}) as (camera_set, _):
         cam = camera_set.cameras["cam"]
-        for _ in range(100):
+        for _ in range(30):  # a leak per reconnect shows at any count
             wait_for(lambda: cam.state is CameraState.STREAMING, 20, "streaming")
             cam.watchdog(float("inf"))  # as if the deadline had passed
         wait_for(lambda: cam.state is CameraState.STREAMING, 20, "streaming at the end")
-        assert cam.stats.reconnects["stalled"] == 100
+        assert cam.stats.reconnects["stalled"] == 30
         wait_for(lambda: cam.abandoned_alive == 0, 20, "abandoned threads to exit")
     wait_for(lambda: threading.active_count() <= threads_before, 20, "threads to end")
     wait_for(lambda: open_fds() <= fds_before, 20, "descriptors to be released")

@@ -217,8 +217,12 @@ def test_ctrl_c_while_waiting_for_a_frame_has_no_chained_traceback(
             "dump": ["-m", "framebus", "dump", str(fifo), "--out", str(tmp_path / "out"),
                      "--count", "5"],
             "watch": ["-m", "framebus", "watch", str(fifo)]}[consumer]
+    # as from a terminal, whose shell leaves SIGINT at its default: a test run started in the
+    # background (`make test &`) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt, so the consumer would rightly go on waiting
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     collector = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
     collector.start()

@@ -84,13 +84,13 @@ def test_a_stopped_reader_costs_others_nothing_and_its_gaps_equal_its_drops(
         start = latest_seq(daemon)
         held_max = 0
 
-        def ten_seconds_of_frames() -> bool:
+        def five_seconds_of_frames() -> bool:
             nonlocal held_max
             held_max = max(held_max, len(slow_sub.outbox.held()))
             if slow_sub.outbox.has_bytes:  # the epoll mask follows the outbox
                 assert slow_sub.mask == select.EPOLLOUT
-            return latest_seq(daemon) >= start + 250  # 10 s at 25 fps
-        wait_for(ten_seconds_of_frames, 30, "10 s of frames while the reader is stopped")
+            return latest_seq(daemon) >= start + 125  # 5 s at 25 fps
+        wait_for(five_seconds_of_frames, 20, "5 s of frames while the reader is stopped")
         end = latest_seq(daemon)
         rss_growth = rss_bytes(os.getpid()) - rss_before
         for name in ("fast1", "fast2"):
@@ -118,7 +118,7 @@ def test_a_stopped_reader_costs_others_nothing_and_its_gaps_equal_its_drops(
           f"(frame {frame_bytes / 1e6:.2f} MB), slow reader drops {drops}")
     assert held_max <= 2
     assert rss_growth <= 2 * frame_bytes + 2 * 2**20  # 2 frames, plus allocator noise
-    assert drops == missed > 200
+    assert drops == missed > 100
 
 
 def test_a_reader_killed_mid_frame_then_restarted_gets_a_whole_new_frame(
@@ -195,10 +195,10 @@ def test_max_fps_is_honoured_within_ten_percent(
         reader = ReaderProcess(tmp_path / "slowed.fifo")
         frames = reader.wait_frames(2)
         start = frames[0]["seq"]
-        wait_for(lambda: reader.frames[-1]["seq"] >= start + 250, 30, "10 s of camera frames")
-        got = [f for f in reader.frames if start < f["seq"] <= start + 250]
+        wait_for(lambda: reader.frames[-1]["seq"] >= start + 125, 20, "5 s of camera frames")
+        got = [f for f in reader.frames if start < f["seq"] <= start + 125]
         reader.kill()
-    rate = len(got) / 10.0
+    rate = len(got) / 5.0
     print(f"\nMEASURED max_fps 10 on a 25 fps camera: {rate:.1f} fps")
     assert 9.0 <= rate <= 11.0
 

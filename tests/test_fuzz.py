@@ -84,7 +84,7 @@ def check_reader(data: bytes, chunk: int) -> None:
     assert peak < LIMIT + 64 * 1024 + 4 * len(data)  # never an allocation past the limits
 
 
-@settings(max_examples=3000, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(data=hostile_streams(), chunk=st.integers(1, 600))
 def test_wire_reader_survives_hostile_input(data: bytes, chunk: int) -> None:
     check_reader(data, chunk)

@@ -2,8 +2,9 @@
 
 These tests check the fixture other tests rely on: codecs and sizes, real-time pacing,
 Basic authentication, resolution changes, several clients, fault injection (SIGKILL,
-SIGSTOP/SIGCONT, restart on the same port) and the cost of 16 mounts. Every wait has a
-deadline; PyAV's own I/O timeouts bound every blocking call.
+SIGSTOP/SIGCONT, restart on the same port) and the cost of 16 mounts. The last two run under
+`make soak` only, to keep `make test` within its 10 minutes. Every wait has a deadline;
+PyAV's own I/O timeouts bound every blocking call.
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ def test_two_clients_share_a_mount(server: RtspServer) -> None:
         assert not result.gaps(0.5), result.gaps(0.5)
 
 
+@pytest.mark.soak  # 10 s; test_faults_camera pauses and restarts the server in make test
 def test_pause_resume_restart_on_same_port(rtsp_server_factory: RtspServerFactory) -> None:
     server = rtsp_server_factory([Mount("cam", fps=FPS)])
     port = server.port
@@ -237,6 +239,7 @@ def test_pause_resume_restart_on_same_port(rtsp_server_factory: RtspServerFactor
     assert reading.times
 
 
+@pytest.mark.soak  # a cost figure of the fixture, not a check of framebus: make soak
 def test_sixteen_mounts_cpu(
     rtsp_server_factory: RtspServerFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -35,7 +35,7 @@ def pinned(loop: FanoutLoop) -> int:
     return sum(s.segment.pool.pinned for _, s in loop.exporter.states() if s.segment)
 
 
-def test_thousands_of_frames_every_pixel_right_while_fifo_readers_share_the_loop(
+def test_a_thousand_frames_every_pixel_right_while_fifo_readers_share_the_loop(
     tmp_path: Path,
 ) -> None:
     with running_loop() as (store, loop):
@@ -46,7 +46,7 @@ def test_thousands_of_frames_every_pixel_right_while_fifo_readers_share_the_loop
         fifo_reader = PatternReader(tmp_path / "fifo.fifo")
         with PatternPublisher(store, size=(320, 240), period_s=0.001):
             for reader in [*readers, fifo_reader]:
-                reader.wait_frames(2000, timeout=120)
+                reader.wait_frames(1000, timeout=120)
             state = loop.exporter.states()[0][1]
             assert state.segment is not None
             assert state.segment.pool.count == capacity(3)
@@ -54,10 +54,10 @@ def test_thousands_of_frames_every_pixel_right_while_fifo_readers_share_the_loop
         results = [r.stop() for r in readers]
         fifo_result = fifo_reader.stop()
     for result in results:
-        assert result["frames"] >= 2000 and result["shm"] is True
+        assert result["frames"] >= 1000 and result["shm"] is True
         assert (result["bad"], result["not_intact"], result["stale"]) == (0, 0, 0), result
         assert result["writeable"] is False  # a read-only view of a read-only mapping
-        assert result["segments"] == 1  # one mmap for thousands of frames
+        assert result["segments"] == 1  # one mmap for a thousand frames
     assert fifo_result["bad"] == 0 and fifo_result["shm"] is False
     assert segments(tmp_path) == []  # unlinked when the loop stopped
 

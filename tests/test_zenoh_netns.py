@@ -6,6 +6,8 @@ Proves the ground the remote-consumer tests stand on (issue 20): that the namesp
 ``config/zenoh/{router,peer}.json5`` give working mTLS, refuse a certificate from another CA
 with a clear log line and deny unlisted certificate names, and that every namespace is
 deleted afterwards. Each zenoh node is a ``tests/zenoh_proc.py`` process inside a host.
+The ``shape`` and ``link`` checks run under ``make soak`` (test time): the remote tests use
+both in ``make test``.
 
 Every node disables zenoh's shared memory: two namespaces of one machine share /dev/shm,
 and zenoh's SHM optimisation would otherwise carry payloads > 3 KiB around the network.
@@ -133,6 +135,7 @@ def test_put_crosses_the_veth_between_host_addresses(net: Net) -> None:
     assert net.b.link_bytes("lo")[0] - b_lo < size // 10
 
 
+@pytest.mark.soak  # test_remote_netns's 100 Mbit/s test shapes a link in make test
 def test_shape_limits_both_directions_and_unshape_lifts_it(net: Net) -> None:
     b = net.listener(net.b)
     b.request("sub", key="up/**")
@@ -174,6 +177,7 @@ def test_shape_delay_adds_latency_each_way(net: Net) -> None:
     net.a.unshape()
 
 
+@pytest.mark.soak  # test_remote_netns's link-down test cuts one in make test
 def test_link_down_stops_delivery_and_link_up_restores_it(net: Net) -> None:
     # A 2 s lease so that both sides notice the dead link quickly; a fast connect retry.
     quick = ("--set", "transport/link/tx/lease=2000",
