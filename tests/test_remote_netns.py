@@ -4,10 +4,9 @@ One site for the module, three "hosts" on a switch (framebus.testsrc.netns):
 
 * ``cam`` (camhost): the RTSP test server (``lobby``, behind a password), the daemon with
   ``gen`` (flat 720p frames whose level changes every frame, so a torn frame shows) and
-  ``lobby``, a local shm
-  reader of ``gen`` (read from this namespace: FIFOs and shm do not care about network
-  namespaces) and the bridge exporting ``gen`` (640x360 nv12 as ``nv12``, native 1280x720 as
-  ``hd``) and ``lobby``;
+  ``lobby``, a local shm reader of ``gen`` (read from this namespace: FIFOs and shm do not
+  care about network namespaces) and the bridge exporting ``gen`` (640x360 nv12 as ``nv12``,
+  native 1280x720 as ``hd``) and ``lobby``;
 * ``gpu`` (gpuhost): a framebus whose camera ``relay`` is ``zenoh:camhost/gen/nv12``, with a
   local shm reader; its bridge (it exports nothing: it is there for the fleet); the remote
   consumers (tests/remote_reader_proc.py);
@@ -21,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,7 +54,7 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 INTERVAL_MS = 40.0  # the cameras' 25 fps
-SECRET = "Lobby7s3cretPw"  # the password in lobby's RTSP URL, which must never cross the network
+SECRET = "Lobby7s3cretPw"  # lobby's camera password (config), which must never cross the network
 
 
 @dataclass
@@ -136,6 +136,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 def _readers_closed(site: Site) -> Iterator[None]:
     yield
     site.close_readers()
+
+
+def fleet_status(site: Site, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``framebus status --fleet`` run in the gpu host, through the router."""
+    return site.gpu.run(framebus("status", "--fleet", "--connect", site.router, *args),
+                        capture_output=True, timeout=60)
 
 
 def local_fraction(site: Site, since: float) -> float:
@@ -221,7 +227,9 @@ print(json.dumps(dict(seq=f.seq, w=f.header.width, h=f.header.height, next=g.seq
 def test_a_camera_password_never_reaches_a_peer(site: Site) -> None:
     # everything another host can get from the bridge: data keys and attachments (frames and
     # state samples), the newest-frame queryable's replies (errors included), liveliness
-    # tokens, the admin space of the router and peers, and `status --fleet`
+    # tokens, and `status --fleet`; zenoh's runtime admin space is off (zenoh's default, and
+    # the shipped configs say so), and what answers under @/<zid>/session/** (transports and
+    # links, at times) is read whole
     code = f"""
 import json, time
 from framebus.config import RemoteConfig
@@ -257,17 +265,12 @@ print(json.dumps(dict(frames=frames, seen=seen + tokens, tokens=tokens)))
     got = json.loads(host_python(site.gpu, code, timeout=60))
     assert got["frames"] >= 10, got["seen"][:5]  # lobby's frames did arrive
     assert "framebus/camhost/lobby/nv12" in got["tokens"], got["tokens"]
-    # zenoh's runtime admin space is off (zenoh's default; the shipped configs say so); what
-    # answers under @/<zid>/session/** (transports and links, at times) is read whole
-    fleet = site.gpu.run(framebus("status", "--fleet", "--json", "--connect", site.router,
-                                  "--timeout", "3"), capture_output=True, timeout=60)
+    fleet = fleet_status(site, "--json", "--timeout", "3")
     assert b"lobby" in fleet.stdout, fleet.stderr
-    secret, secret_hex = SECRET.encode(), SECRET.encode().hex()
     for item in got["seen"]:
-        assert secret_hex not in item and SECRET not in item, item
-    assert secret not in fleet.stdout + fleet.stderr
-    metrics = host_python(site.cam, "import urllib.request; print(urllib.request.urlopen("
-                          "'http://127.0.0.1:8471/metrics', timeout=5).read().decode())")
+        assert SECRET.encode().hex() not in item and SECRET not in item, item
+    assert SECRET.encode() not in fleet.stdout + fleet.stderr
+    metrics = "\n".join(scrape(site.cam))  # the bridge's series with their labels
     assert 'camera="lobby"' in metrics and SECRET not in metrics
     for name in ("bridge", "router", "gpu_bridge"):
         assert SECRET not in site.procs[name].log_text(), name
@@ -277,8 +280,7 @@ def test_status_fleet_lists_both_hosts(site: Site) -> None:
     wait_streaming(site.tmp / "gpuhost" / "control.sock", ["relay"])
 
     def fleet() -> dict[str, dict[str, object]]:
-        done = site.gpu.run(framebus("status", "--fleet", "--json", "--connect", site.router,
-                                     "--timeout", "3"), capture_output=True, timeout=60)
+        done = fleet_status(site, "--json", "--timeout", "3")
         hosts = json.loads(done.stdout)["hosts"] if done.stdout else []
         return {h["host"]: h for h in hosts}
 
@@ -291,8 +293,7 @@ def test_status_fleet_lists_both_hosts(site: Site) -> None:
     assert exports == {("gen", "nv12"), ("gen", "hd"), ("lobby", "nv12")}
     relay = hosts["gpuhost"]["cameras"][0]  # type: ignore[index]
     assert (relay["name"], relay["state"]) == ("relay", "streaming")
-    table = site.gpu.run(framebus("status", "--fleet", "--connect", site.router),
-                         capture_output=True, timeout=60)
+    table = fleet_status(site)
     assert table.returncode == 0, table.stderr
     assert b"camhost" in table.stdout and b"gpuhost" in table.stdout
 
