@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -91,7 +92,7 @@ def test_gather_joins_tokens_and_status_replies() -> None:
                   ok("framebus/list/_status", b"[1, 2]"),
                   ok("framebus/late/_status", status()), Reply(None, "refused")])
     data = gather(session, timeout=5)
-    assert session.asked == ["framebus/**", "framebus/*/_status"]
+    assert session.asked == ["framebus/**", "framebus/**", "framebus/*/_status"]  # agreed
     hosts = {host["host"]: host for host in data["hosts"]}
     assert [host["host"] for host in data["hosts"]] == sorted(hosts)
     assert hosts["cam1"] == {"host": "cam1", "daemon": "ok", "error": None,
@@ -104,6 +105,30 @@ def test_gather_joins_tokens_and_status_replies() -> None:
     assert hosts["bad"]["daemon"] == hosts["big"]["daemon"] == hosts["list"]["daemon"] == (
         "no answer")
     assert hosts["late"]["daemon"] == "ok"  # a status reply names a host without its token
+
+
+@dataclass
+class JoiningSession(FakeSession):
+    """A session just opened: each liveliness answer holds what had arrived by then."""
+
+    answers: list[list[Reply]] = field(default_factory=list)
+
+    def get(self, key: str, timeout: float) -> list[Reply]:
+        if key == "framebus/**" and self.answers:
+            self.tokens = self.answers.pop(0)
+        return super().get(key, timeout)
+
+
+def test_gather_asks_until_two_token_answers_agree() -> None:
+    cam1, gpu1 = [ok("framebus/cam1")], [ok("framebus/cam1"), ok("framebus/gpu1")]
+    session = JoiningSession(tokens=[], statuses=[], answers=[[], cam1, gpu1, gpu1])
+    data = gather(session, timeout=5)
+    assert [host["host"] for host in data["hosts"]] == ["cam1", "gpu1"]
+    assert session.asked == ["framebus/**"] * 4 + ["framebus/*/_status"]
+    lonely = JoiningSession(tokens=[], statuses=[])  # nobody: gives up after half the timeout
+    began = time.monotonic()
+    assert gather(lonely, timeout=0.6) == {"hosts": []}
+    assert 0.3 <= time.monotonic() - began < 1.5
 
 
 FLEET = {"hosts": [

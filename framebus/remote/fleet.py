@@ -32,12 +32,16 @@ def gather(session: Any, timeout: float) -> dict[str, Any]:
     """``{"hosts": [...]}``: each host's status reply (or why there is none) and the exports
     alive on the network, within ``timeout`` seconds."""
     began = time.monotonic()
-    # a session just opened learns the tokens a moment later: ask again until one answers
+    # a session just opened learns the network's tokens over a moment, one declaration at a
+    # time: the first answer may hold one host of two, so ask until two answers agree
+    previous: list[str] | None = None
     while True:
         left = timeout - (time.monotonic() - began)
-        tokens = _ok_keys(session.liveliness().get(f"{KEY_PREFIX}/**", timeout=max(0.1, left)))
-        if tokens or time.monotonic() - began >= timeout / 2:
+        tokens = sorted(_ok_keys(session.liveliness().get(f"{KEY_PREFIX}/**",
+                                                          timeout=max(0.1, left))))
+        if (tokens and tokens == previous) or time.monotonic() - began >= timeout / 2:
             break
+        previous = tokens
         time.sleep(0.1)
     hosts: dict[str, dict[str, Any]] = {}
     alive: dict[str, list[str]] = {}
