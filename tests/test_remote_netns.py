@@ -343,8 +343,10 @@ def test_a_100_mbit_link_bounds_the_age_of_a_720p_export_and_counts_drops(site: 
         local = local_fraction(site, began)
     finally:
         site.cam.unshape()
-    # 1280x720 nv12 is 1.38 MB, 110 ms at 100 Mbit/s: ~9 of 25 frames a second cross
-    assert 3 <= len(frames) / 6 <= 12, len(frames)
+    # 1280x720 nv12 is 1.38 MB, 110 ms at 100 Mbit/s: ~9 of 25 frames a second cross on a
+    # link of its own; the gpu host's relay (640x360 nv12, 69 Mbit/s, also dropped newest-wins)
+    # shares this one, and at worst leaves it 31 Mbit/s: 2.8 frames a second (seen: 17 in 6 s)
+    assert 2 <= len(frames) / 6 <= 12, len(frames)
     assert (frames[0]["w"], frames[0]["h"]) == (1280, 720)
     transfer_ms = 1280 * 720 * 1.5 * 8 / 100e3
     assert p99([f["age_ms"] for f in frames]) <= 2 * INTERVAL_MS + 2 * transfer_ms + 100
